@@ -1,0 +1,385 @@
+"""Resolve a model reference (folder, weight file, Hub id) and load or save weights in the Hugging Face layout.
+
+Pickled weights are only ever read with `torch.load(weights_only=True)`. Keys are matched exactly: a key
+that is missing or left over is an error that names it, except for the head swaps transformers also allows
+(an encoder out of a classifier or a pre-training checkpoint; a new classifier head on a pre-trained encoder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import CONFIG_NAME, VideoMAEConfig
+from .errors import CheckpointError
+from .files import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+PREPROCESSOR_NAME = "preprocessor_config.json"
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+PT_WEIGHTS = "pytorch_model.bin"
+PT_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_CANDIDATES = (SAFE_WEIGHTS, SAFE_INDEX, PT_WEIGHTS, PT_INDEX)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+# Keys a checkpoint may carry for a head the target model does not have (and may therefore be dropped).
+PRETRAINING_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
+CLASSIFIER_ONLY = ("fc_norm.", "classifier.")
+
+
+@dataclass
+class ResolvedModel:
+    """Local files of a model: its folder, config, weight files (one, or shards) and preprocessor config."""
+
+    source: str
+    folder: Path
+    config_path: Path
+    weights: list[Path]
+    preprocessor_path: Path | None
+
+
+def resolve(ref: str | os.PathLike, revision: str | None = None, weights: bool = True) -> ResolvedModel:
+    """Find a model's files: a local folder, a weight file inside one, or a Hub id (through the HF cache)."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return _resolve_folder(path, str(ref), weights)
+    if path.is_file():
+        if path.name == CONFIG_NAME:
+            return _resolve_folder(path.parent, str(ref), weights)
+        if path.suffix in (".safetensors", ".bin", ".json"):
+            found = _resolve_folder(path.parent, str(ref), weights=False)
+            found.weights = _expand_index(path) if path.suffix == ".json" else [path]
+            return found
+        raise CheckpointError(
+            f"{ref}: not a model folder or weight file; for an original VideoMAE checkpoint run "
+            f"`vmae convert {ref} OUT_DIR` first"
+        )
+    ref = str(ref)
+    if _HUB_ID.match(ref) and ".." not in ref:
+        return _resolve_hub(ref, revision, weights)
+    raise CheckpointError(f"{ref}: no such file or folder")
+
+
+def _resolve_folder(folder: Path, source: str, weights: bool) -> ResolvedModel:
+    config = folder / CONFIG_NAME
+    if not config.is_file():
+        raise CheckpointError(
+            f"{folder}: no {CONFIG_NAME} here, so it is not a model folder (expected {CONFIG_NAME} and "
+            f"{SAFE_WEIGHTS}); for an original VideoMAE .pth file run `vmae convert`"
+        )
+    files: list[Path] = []
+    if weights:
+        for name in WEIGHT_CANDIDATES:
+            if (folder / name).is_file():
+                files = _expand_index(folder / name) if name.endswith(".json") else [folder / name]
+                break
+        else:
+            raise CheckpointError(f"{folder}: no weights ({SAFE_WEIGHTS} or {PT_WEIGHTS}) beside {CONFIG_NAME}")
+    pre = folder / PREPROCESSOR_NAME
+    return ResolvedModel(source, folder, config, files, pre if pre.is_file() else None)
+
+
+def _read_index(index: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index ({e})") from None
+    return sorted(set(weight_map.values()))
+
+
+def _expand_index(index: Path) -> list[Path]:
+    shards = [index.parent / name for name in _read_index(index)]
+    absent = [s.name for s in shards if not s.is_file()]
+    if absent:
+        raise CheckpointError(f"{index}: shard files are missing: {', '.join(absent)}")
+    return shards
+
+
+def _resolve_hub(repo_id: str, revision: str | None, weights: bool) -> ResolvedModel:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    offline_hint = (
+        f"it is not in the local Hugging Face cache ({_cache_dir()}) and the Hub cannot be reached"
+        f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}: download it once with network access "
+        f"(`hf download {repo_id}`), or pass a local model folder"
+    )
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(repo_id, name, revision=revision))
+
+    try:
+        config = fetch(CONFIG_NAME)
+    except GatedRepoError:
+        raise CheckpointError(f"{where}: gated model; accept its terms on the Hub and log in (`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{where}: not a local folder, and no such model on the Hugging Face Hub (check the name, or log in "
+            "for a private model)"
+        ) from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{where}: no such revision on the Hub") from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{where}: not a local folder, and {offline_hint}") from None
+    except EntryNotFoundError:
+        raise CheckpointError(f"{where}: the Hub repository has no {CONFIG_NAME}; is it a VideoMAE model?") from None
+    except HfHubHTTPError as e:
+        raise CheckpointError(f"{where}: the Hub answered an error ({e.__class__.__name__}); try again later") from None
+
+    files: list[Path] = []
+    missing_locally = False
+    if weights:
+        for name in WEIGHT_CANDIDATES:
+            try:
+                first = fetch(name)
+            except LocalEntryNotFoundError:
+                missing_locally = True
+                continue
+            except EntryNotFoundError:
+                continue
+            files = [fetch(shard) for shard in _read_index(first)] if name.endswith(".json") else [first]
+            break
+        if not files:
+            if missing_locally:
+                raise CheckpointError(f"{where}: weights missing, {offline_hint}")
+            raise CheckpointError(f"{where}: the repository has no weights ({SAFE_WEIGHTS} or {PT_WEIGHTS})")
+    try:
+        pre: Path | None = fetch(PREPROCESSOR_NAME)
+    except (EntryNotFoundError, HfHubHTTPError):
+        pre = None
+    return ResolvedModel(repo_id, config.parent, config, files, pre)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+# ---- reading weights -------------------------------------------------------------------------------------
+def load_weights(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Read every tensor of a checkpoint (safetensors, or pickled .bin through weights_only) onto the CPU."""
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(_load_safetensors(file) if file.suffix == ".safetensors" else _load_pickle(file))
+    return state
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{file}: damaged or truncated safetensors file ({e}); download or save the model again"
+        ) from None
+
+
+def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{file}: holds pickled Python objects besides tensors, which vmae never unpickles; "
+            f"run `vmae convert {file} OUT_DIR` to bring it in safely"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{file}: damaged or not a PyTorch checkpoint ({e})") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{file}: not a flat state dict of tensors; for an original VideoMAE checkpoint run `vmae convert`"
+        )
+    return obj
+
+
+# ---- matching keys ---------------------------------------------------------------------------------------
+def normalize_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """transformers 5.x in-memory names -> on-disk names; drop the fixed position tables if present."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("position_embeddings"):
+            continue  # fixed sinusoid tables, recomputed from the config
+        key = key.replace(".attention.attention.query.bias", ".attention.attention.q_bias")
+        key = key.replace(".attention.attention.value.bias", ".attention.attention.v_bias")
+        out[key] = value
+    return out
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def match_state_dict(model, state: dict[str, Any], source: str, ignore_mismatched_sizes: bool = False) -> dict:
+    """Fit a checkpoint's keys to `model`, allowing only the head swaps transformers allows.
+
+    Returns the state dict to load; the keys of `model` it lacks are heads to initialise (a warning says so).
+    Raises CheckpointError naming any other missing, unexpected or wrongly shaped key.
+    """
+    state = normalize_keys(state)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    is_base = not hasattr(model, "videomae")
+    has_prefix = any(k.startswith("videomae.") for k in state)
+    dropped: list[str] = []
+    if is_base and has_prefix:  # encoder out of a classifier / pre-training checkpoint
+        dropped = [k for k in state if not k.startswith("videomae.")]
+        state = {k[len("videomae.") :]: v for k, v in state.items() if k.startswith("videomae.")}
+    elif not is_base and not has_prefix:  # a bare encoder checkpoint under a head model
+        state = {f"videomae.{k}": v for k, v in state.items()}
+
+    allowed_missing: tuple[str, ...] = ()
+    allowed_unexpected: tuple[str, ...] = ()
+    is_classifier = hasattr(model, "classifier")
+    ckpt_has_head = any(k.startswith(CLASSIFIER_ONLY) for k in state)
+    if is_classifier:
+        allowed_unexpected = PRETRAINING_ONLY
+        if not ckpt_has_head:  # pre-trained encoder -> new classifier (and its own final norm choice)
+            allowed_missing = CLASSIFIER_ONLY
+            allowed_unexpected += ("videomae.layernorm.",)
+
+    mismatched = [k for k in state if k in expected and tuple(state[k].shape) != expected[k]]
+    if mismatched and ignore_mismatched_sizes and all(k.startswith("classifier.") for k in mismatched):
+        for k in mismatched:
+            del state[k]
+        allowed_missing += ("classifier.",)
+        mismatched = []
+    if mismatched:
+        detail = "; ".join(f"{k}: {tuple(state[k].shape)} in the file, {expected[k]} in the model" for k in mismatched[:4])
+        raise CheckpointError(f"{source}: weights do not fit the config ({detail}); is config.json from this model?")
+
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    bad_missing = [k for k in missing if not k.startswith(allowed_missing)] if allowed_missing else missing
+    bad_unexpected = [k for k in unexpected if not k.startswith(allowed_unexpected)] if allowed_unexpected else unexpected
+    if bad_missing or bad_unexpected:
+        parts = []
+        if bad_missing:
+            parts.append(f"missing {len(bad_missing)} key(s): {_short(bad_missing)}")
+        if bad_unexpected:
+            parts.append(f"unexpected {len(bad_unexpected)} key(s): {_short(bad_unexpected)}")
+        raise CheckpointError(
+            f"{source}: checkpoint does not match {type(model).__name__} ({'; '.join(parts)}); "
+            "a foreign layout can be brought in with `vmae convert`"
+        )
+    for k in unexpected:
+        state.pop(k)
+    if missing:
+        log.warning(
+            "%s: new %s head initialised randomly (%s); fine-tune it before trusting its outputs",
+            source, type(model).__name__, _short(missing, 4),
+        )
+    if dropped:
+        log.info("%s: kept the encoder, ignored %d head key(s)", source, len(dropped))
+    return state
+
+
+# ---- the mixin the models inherit -----------------------------------------------------------------------
+class PretrainedMixin:
+    """`from_pretrained` / `save_pretrained` in the Hugging Face layout."""
+
+    preprocessor_config: dict | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        ref: str | os.PathLike,
+        revision: str | None = None,
+        *,
+        config: VideoMAEConfig | None = None,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        attn_implementation: str = "sdpa",
+        ignore_mismatched_sizes: bool = False,
+        model_kwargs: dict | None = None,
+        **config_changes: Any,
+    ):
+        """Load a model from a folder, a weight file, or a Hub id (`MCG-NJU/videomae-base-finetuned-kinetics`).
+
+        `config_changes` replace config fields (e.g. `id2label=...` for a new head, with
+        `ignore_mismatched_sizes=True` when a classifier's label count changes). `dtype` defaults to float32.
+        """
+        import torch
+
+        found = resolve(ref, revision)
+        if config is None:
+            config = VideoMAEConfig.from_json_file(found.config_path)
+        if config_changes:
+            config = config.replace(**config_changes)
+        dtype = _as_dtype(dtype)
+        state = load_weights(found.weights)
+        with torch.device("meta"):  # no time spent initialising weights that are about to be replaced
+            model = cls(config, **(model_kwargs or {}))
+        state = match_state_dict(model, state, found.source, ignore_mismatched_sizes)
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        model.load_state_dict(state, strict=False, assign=True)
+        for module in model.modules():  # heads the checkpoint lacked: materialise and initialise them
+            if any(p.is_meta for p in module.parameters(recurse=False)):
+                module.to_empty(device="cpu", recurse=False)
+                model._init_module(module)
+                module.to(dtype)
+        model._init_buffers()
+        if found.preprocessor_path is not None:
+            model.preprocessor_config = json.loads(found.preprocessor_path.read_text())
+        model.set_attn_implementation(attn_implementation)
+        model.eval()
+        return model.to(device) if device is not None else model
+
+    def save_pretrained(self, folder: str | os.PathLike, preprocessor: Any = None) -> Path:
+        """Write config.json, model.safetensors and (when known) preprocessor_config.json, each atomically."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(folder / SAFE_WEIGHTS) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        dtype = next(iter(state.values())).dtype
+        config = self.config.replace(architectures=[type(self).__name__], dtype=str(dtype).removeprefix("torch."))
+        config.save_pretrained(folder)
+        pre = preprocessor if preprocessor is not None else self.preprocessor_config
+        if pre is not None:
+            pre = pre.to_dict() if hasattr(pre, "to_dict") else pre
+            atomic_write_text(folder / PREPROCESSOR_NAME, json.dumps(pre, indent=2, sort_keys=True) + "\n")
+        return folder
+
+
+def _as_dtype(dtype) -> torch.dtype:
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]

@@ -1,0 +1,86 @@
+"""The root `vmae` app: registers the subcommands and turns expected failures into one-line messages.
+
+Nothing here imports torch: `vmae --help` must start fast. Subcommands import the heavy parts when they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import VmaeError
+from . import info
+
+app = typer.Typer(
+    name="vmae",
+    help="VideoMAE for video understanding: classify, embed, pre-train, fine-tune and convert video models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("info")(info.info)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vmae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More messages on stderr.")] = False,
+) -> None:
+    """VideoMAE for video understanding. Data goes to stdout; progress, warnings and errors to stderr."""
+    logging.getLogger("vmae_cli").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("vmae_cli")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. Exit codes: 0 done, 1 failed (some or all inputs), 2 usage error, 130 interrupted."""
+    import click
+
+    _setup_logging()
+    debug = os.environ.get("VMAE_DEBUG", "") not in ("", "0")
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except click.ClickException as e:  # bad flags or arguments
+        e.show()
+        code = 2 if isinstance(e, click.UsageError) else e.exit_code
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        code = 130
+    except VmaeError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        code = e.exit_code
+    except Exception as e:  # a bug: say so in one line, keep the traceback for VMAE_DEBUG=1
+        if debug:
+            raise
+        typer.echo(
+            f"internal error: {type(e).__name__}: {e} (run again with VMAE_DEBUG=1 for the traceback, and report it)",
+            err=True,
+        )
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,221 @@
+"""`VideoMAEConfig`: a dataclass that reads and writes Hugging Face `config.json` for VideoMAE.
+
+Field names and defaults are those of `transformers.VideoMAEConfig`, so a folder written here loads in
+transformers (4.x and 5.x) and the reverse. Fields this class does not know are kept in `extra` and written
+back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+CONFIG_NAME = "config.json"
+MODEL_TYPE = "videomae"
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+# Keys that describe a file rather than the model; dropped on read, rewritten on save.
+_VOLATILE = {"transformers_version", "_name_or_path", "model_type", "qv_bias", "qkv_bias"}
+
+
+def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) != 2:
+        raise ConfigError(f"expected an int or a pair, got {value!r}")
+    return (int(value[0]), int(value[1]))
+
+
+@dataclass
+class VideoMAEConfig:
+    """The architecture of a VideoMAE model (encoder, optional decoder, optional classifier)."""
+
+    image_size: int | tuple[int, int] = 224  # int or (height, width)
+    patch_size: int | tuple[int, int] = 16  # int or (height, width)
+    num_channels: int = 3
+    num_frames: int = 16
+    tubelet_size: int = 2  # frames per token along time
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"  # exact (erf) GELU, as transformers' "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12  # transformers' default; the original code used 1e-6
+    qkv_bias: bool = True  # query and value biases; the key never has one. transformers 5.x calls it qv_bias
+    use_mean_pooling: bool = True  # False: the classifier reads layernorm(tokens)[:, 0] (there is no CLS token)
+    decoder_num_attention_heads: int = 6
+    decoder_hidden_size: int = 384
+    decoder_num_hidden_layers: int = 4
+    decoder_intermediate_size: int = 1536
+    norm_pix_loss: bool = True  # pre-training target: each patch normalised per channel
+    id2label: dict[int, str] | None = None  # None: no labels (a pre-training or feature model)
+    problem_type: str | None = None  # single_label_classification | multi_label_classification | regression
+    architectures: list[str] | None = None
+    dtype: str | None = None  # saved as both "dtype" (5.x) and "torch_dtype" (4.x)
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, written back as they came
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
+        if isinstance(self.patch_size, list):
+            self.patch_size = tuple(self.patch_size)
+        if self.id2label is not None:
+            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        self.validate()
+
+    # ---- derived sizes ---------------------------------------------------------------------------------
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return _pair(self.image_size)
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        return _pair(self.patch_size)
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Tokens along (time, height, width)."""
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        return (self.num_frames // self.tubelet_size, h // ph, w // pw)
+
+    @property
+    def num_patches(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label) if self.id2label else 0
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {v: k for k, v in (self.id2label or {}).items()}
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per token that the pre-training decoder predicts (tubelet x patch x channels)."""
+        ph, pw = self.patch_hw
+        return self.num_channels * self.tubelet_size * ph * pw
+
+    def validate(self) -> None:
+        (h, w), (ph, pw) = self.image_hw, self.patch_hw
+        problems = []
+        if h % ph or w % pw:
+            problems.append(f"image_size {h}x{w} is not a multiple of patch_size {ph}x{pw}")
+        if self.num_frames % self.tubelet_size:
+            problems.append(f"num_frames {self.num_frames} is not a multiple of tubelet_size {self.tubelet_size}")
+        if self.hidden_size % self.num_attention_heads:
+            problems.append(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if self.decoder_hidden_size % self.decoder_num_attention_heads:
+            problems.append(
+                f"decoder_hidden_size {self.decoder_hidden_size} is not divisible by "
+                f"decoder_num_attention_heads {self.decoder_num_attention_heads}"
+            )
+        if self.hidden_act not in ("gelu",):
+            problems.append(f"hidden_act {self.hidden_act!r} is not supported (only 'gelu')")
+        if problems:
+            raise ConfigError("invalid VideoMAE config: " + "; ".join(problems))
+
+    # ---- dict / JSON ------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoMAEConfig:
+        data = dict(data)
+        model_type = data.get("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ConfigError(f"config.json describes a {model_type!r} model, not a VideoMAE model")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "dtype"}
+        kwargs: dict[str, Any] = {}
+        # 5.x writes qv_bias, everything on the Hub writes qkv_bias: accept both.
+        if "qv_bias" in data:
+            kwargs["qkv_bias"] = bool(data["qv_bias"])
+        elif "qkv_bias" in data:
+            kwargs["qkv_bias"] = bool(data["qkv_bias"])
+        kwargs["dtype"] = data.get("dtype", data.get("torch_dtype"))
+        extra = {}
+        for key, value in data.items():
+            if key in known and key != "qkv_bias":
+                kwargs[key] = value
+            elif key not in _VOLATILE and key not in ("dtype", "torch_dtype", "label2id"):
+                extra[key] = value
+        try:
+            return cls(**kwargs, extra=extra)
+        except TypeError as e:  # a field of the wrong type, e.g. a string where an int belongs
+            raise ConfigError(f"invalid VideoMAE config: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "dtype", "id2label", "problem_type", "architectures"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        # Both spellings: 4.x reads qkv_bias, 5.x maps it and also reads qv_bias.
+        out["qv_bias"] = self.qkv_bias
+        if self.id2label is not None:
+            out["id2label"] = {str(k): v for k, v in sorted(self.id2label.items())}
+            out["label2id"] = {v: k for k, v in sorted(self.id2label.items())}
+        if self.problem_type is not None:
+            out["problem_type"] = self.problem_type
+        if self.architectures is not None:
+            out["architectures"] = list(self.architectures)
+        if self.dtype is not None:
+            out["dtype"] = out["torch_dtype"] = self.dtype
+        out["model_type"] = MODEL_TYPE
+        out.update(self.extra)
+        return dict(sorted(out.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> VideoMAEConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}); re-create the model folder") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object")
+        return cls.from_dict(data)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        from .files import atomic_write_text
+
+        path = Path(folder) / CONFIG_NAME
+        atomic_write_text(path, self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, ref: str | Path, revision: str | None = None) -> VideoMAEConfig:
+        """Read `config.json` from a folder, a Hub id, or a preset name (`tiny`, `base`, ...)."""
+        if isinstance(ref, str) and ref in preset_names():
+            return cls.from_preset(ref)
+        from .checkpoint import resolve
+
+        return cls.from_json_file(resolve(ref, revision=revision).config_path)
+
+    @classmethod
+    def from_preset(cls, name: str) -> VideoMAEConfig:
+        path = PRESETS_DIR / f"{name}.json"
+        if not path.is_file():
+            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+        return cls.from_json_file(path)
+
+    def replace(self, **changes: Any) -> VideoMAEConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))

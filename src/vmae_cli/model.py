@@ -1,0 +1,512 @@
+"""VideoMAE: encoder, pre-training decoder and classifier, with transformers' module and parameter names.
+
+Parameter names are the on-disk names of Hugging Face checkpoints (`...attention.attention.q_bias`, no key
+bias), so `state_dict()` is the file layout and loading needs no renaming. Shapes follow transformers:
+`pixel_values` is (B, T, C, H, W), frames first.
+
+Numerics follow transformers' forward operation by operation (operand order of the residual adds, the
+eps of each LayerNorm, the position table computed in float64), so logits agree to float precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from .checkpoint import PretrainedMixin
+from .config import VideoMAEConfig
+from .errors import VmaeError
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class ShapeError(VmaeError, ValueError):
+    """Input tensors whose shape does not fit the model."""
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------
+class ModelOutput:
+    """Attribute access like transformers' outputs; indexing and `to_tuple()` skip fields that are None."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(v for v in (getattr(self, f.name) for f in fields(self)) if v is not None)
+
+    def __getitem__(self, i):
+        if isinstance(i, str):
+            return getattr(self, i)
+        return self.to_tuple()[i]
+
+
+@dataclass
+class BaseModelOutput(ModelOutput):
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class VideoMAEForPreTrainingOutput(ModelOutput):
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, num_masked, patch_dim): predicted pixels of the masked tokens
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class ImageClassifierOutput(ModelOutput):
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (B, num_labels)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# ---- building blocks -------------------------------------------------------------------------------------
+def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
+    """Fixed sin/cos position table (n_position, dim), float32, computed in float64 like the original."""
+    pos = np.arange(n_position, dtype=np.float64)[:, None]
+    j = np.arange(dim)
+    angle = pos / np.power(10000, 2 * (j // 2) / dim)  # (n, dim)
+    angle[:, 0::2] = np.sin(angle[:, 0::2])
+    angle[:, 1::2] = np.cos(angle[:, 1::2])
+    return torch.from_numpy(angle.astype(np.float32))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; q and v have biases, k has none (the BEiT/VideoMAE convention)."""
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool, attn_dropout: float):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.attn_dropout = attn_dropout
+        self.implementation = "sdpa"
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False):
+        """x: (B, N, D) -> ((B, N, D), attention probabilities (B, heads, N, N) or None)."""
+        B, N, D = x.shape
+        q = F.linear(x, self.query.weight, self.q_bias)
+        k = F.linear(x, self.key.weight)
+        v = F.linear(x, self.value.weight, self.v_bias)
+        q, k, v = (t.view(B, N, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, h, N, hd)
+        dropout = self.attn_dropout if self.training else 0.0
+        scale = self.head_dim**-0.5
+        if self.implementation == "sdpa" and not need_weights:
+            ctx, probs = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale), None
+        else:  # the readable reference; also the only path that can return the probabilities
+            probs = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
+            ctx = F.dropout(probs, dropout, self.training) @ v
+        return ctx.transpose(1, 2).reshape(B, N, D), probs
+
+
+class Dense(nn.Module):
+    """A Linear under the name `dense`, the way transformers nests it (`output.dense`, `intermediate.dense`)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.dense = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool, attn_dropout: float):
+        super().__init__()
+        self.attention = SelfAttention(dim, heads, qkv_bias, attn_dropout)
+        self.output = Dense(dim, dim)
+
+
+class Layer(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, cfg: VideoMAEConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.attention = Attention(dim, heads, cfg.qkv_bias, cfg.attention_probs_dropout_prob)
+        self.intermediate = Dense(dim, mlp_dim)
+        self.output = Dense(mlp_dim, dim)
+        self.layernorm_before = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False):
+        a, probs = self.attention.attention(self.layernorm_before(x), need_weights)
+        a = self.dropout(self.attention.output(a))
+        x = self.drop_path(a) + x  # new branch first: transformers' operand order, for identical rounding
+        h = F.gelu(self.intermediate(self.layernorm_after(x)))
+        x = self.drop_path(self.dropout(self.output(h))) + x
+        return x, probs
+
+
+class Stack(nn.Module):
+    """Transformer layers with optional hidden-state/attention capture and activation checkpointing."""
+
+    def __init__(self, layers: list[Layer]):
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False):
+        hidden = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training and not output_attentions:
+                x, probs = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+            else:
+                x, probs = layer(x, output_attentions)
+            if hidden is not None:
+                hidden.append(x)
+            if attentions is not None:
+                attentions.append(probs)
+        return x, (tuple(hidden) if hidden else None), (tuple(attentions) if attentions else None)
+
+
+def _drop_path_rates(rate: float, depth: int) -> list[float]:
+    return [rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth, as the original
+
+
+class PatchEmbeddings(nn.Module):
+    def __init__(self, cfg: VideoMAEConfig):
+        super().__init__()
+        (ph, pw), ts = cfg.patch_hw, cfg.tubelet_size
+        self.projection = nn.Conv3d(cfg.num_channels, cfg.hidden_size, (ts, ph, pw), stride=(ts, ph, pw))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, N, D), tokens in (t, h, w) C order."""
+        return self.projection(pixel_values.permute(0, 2, 1, 3, 4)).flatten(2).transpose(1, 2)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: VideoMAEConfig):
+        super().__init__()
+        self.patch_embeddings = PatchEmbeddings(cfg)
+        # Fixed, never saved (as in every VideoMAE checkpoint); a buffer so that .to(device) moves it.
+        self.register_buffer("position_embeddings", sinusoid_table(cfg.num_patches, cfg.hidden_size), persistent=False)
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> torch.Tensor:
+        x = self.patch_embeddings(pixel_values)
+        x = x + self.position_embeddings.to(x.dtype)
+        if bool_masked_pos is not None:  # keep the visible tokens, in their original order
+            x = x[~bool_masked_pos].reshape(x.shape[0], -1, x.shape[-1])
+        return x
+
+
+# ---- models ----------------------------------------------------------------------------------------------
+class VideoMAEPreTrainedModel(PretrainedMixin, nn.Module):
+    """Weight init, attention backend and the shared checkpoint methods (`from_pretrained`, `save_pretrained`)."""
+
+    config: VideoMAEConfig
+
+    def init_weights(self) -> None:
+        for module in self.modules():
+            self._init_module(module)
+
+    def _init_module(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv3d)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, SelfAttention) and module.q_bias is not None:
+            nn.init.zeros_(module.q_bias)
+            nn.init.zeros_(module.v_bias)
+        elif isinstance(module, VideoMAEForPreTraining):
+            nn.init.zeros_(module.mask_token)
+
+    def _init_buffers(self) -> None:
+        """Recompute the position tables (after building on the meta device)."""
+        for module in self.modules():
+            if isinstance(module, Embeddings):
+                module.position_embeddings = sinusoid_table(self.config.num_patches, self.config.hidden_size)
+            elif isinstance(module, VideoMAEForPreTraining):
+                module.position_embeddings = sinusoid_table(self.config.num_patches, self.config.decoder_hidden_size)
+
+    def set_attn_implementation(self, name: str) -> None:
+        """'sdpa' (fused `scaled_dot_product_attention`, the default) or 'eager' (explicit softmax)."""
+        if name not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
+        for module in self.modules():
+            if isinstance(module, SelfAttention):
+                module.implementation = name
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        for module in self.modules():
+            if isinstance(module, (Stack, Decoder)):
+                module.gradient_checkpointing = enable
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class VideoMAEModel(VideoMAEPreTrainedModel):
+    """The encoder. `last_hidden_state` is (B, N_visible, D); `layernorm` exists only without mean pooling."""
+
+    def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        rates = _drop_path_rates(drop_path_rate, config.num_hidden_layers)
+        D = config.hidden_size
+        self.encoder = Stack(
+            [Layer(D, config.num_attention_heads, config.intermediate_size, config, r) for r in rates]
+        )
+        self.layernorm = None if config.use_mean_pooling else nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.init_weights()
+
+    def check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> torch.Tensor | None:
+        cfg = self.config
+        (h, w), c, t = cfg.image_hw, cfg.num_channels, cfg.num_frames
+        if pixel_values.ndim != 5 or tuple(pixel_values.shape[1:]) != (t, c, h, w):
+            raise ShapeError(
+                f"pixel_values must have shape (batch, {t}, {c}, {h}, {w}) = (batch, frames, channels, height, "
+                f"width) for this model, got {tuple(pixel_values.shape)}"
+            )
+        if bool_masked_pos is None:
+            return None
+        B, N = pixel_values.shape[0], cfg.num_patches
+        if bool_masked_pos.ndim == 1:
+            bool_masked_pos = bool_masked_pos.unsqueeze(0)
+        if bool_masked_pos.shape[-1] != N or bool_masked_pos.shape[0] not in (1, B):
+            raise ShapeError(f"bool_masked_pos must have shape ({B}, {N}), got {tuple(bool_masked_pos.shape)}")
+        bool_masked_pos = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool).expand(B, N)
+        counts = bool_masked_pos.sum(1)
+        if B > 1 and bool(counts.min() != counts.max()):
+            raise ShapeError(
+                "bool_masked_pos must mask the same number of tokens in every sample of a batch; got "
+                f"{counts.tolist()} (tube masking gives equal counts)"
+            )
+        return bool_masked_pos
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ):
+        bool_masked_pos = self.check_inputs(pixel_values, bool_masked_pos)
+        x = self.embeddings(pixel_values, bool_masked_pos)  # (B, N_visible, D)
+        x, hidden, attentions = self.encoder(x, bool(output_hidden_states), bool(output_attentions))
+        if self.layernorm is not None:
+            x = self.layernorm(x)
+        out = BaseModelOutput(x, hidden, attentions)
+        return out if return_dict is not False else out.to_tuple()
+
+    def pooled(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """The vector a classifier head would see: the token mean (mean pooling) or token 0 after layernorm."""
+        return last_hidden_state.mean(1) if self.config.use_mean_pooling else last_hidden_state[:, 0]
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VideoMAEConfig):
+        super().__init__()
+        D = cfg.decoder_hidden_size
+        self.decoder_layers = nn.ModuleList(
+            [
+                Layer(D, cfg.decoder_num_attention_heads, cfg.decoder_intermediate_size, cfg)
+                for _ in range(cfg.decoder_num_hidden_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(D, eps=1e-5)  # transformers' default eps here, not layer_norm_eps
+        self.head = nn.Linear(D, cfg.patch_dim) if cfg.patch_dim > 0 else nn.Identity()
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor, return_token_num: int) -> torch.Tensor:
+        """x: (B, N, Dd) visible then masked tokens -> (B, return_token_num, patch_dim) for the last tokens."""
+        for layer in self.decoder_layers:
+            if self.gradient_checkpointing and self.training:
+                x, _ = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+            else:
+                x, _ = layer(x)
+        return self.head(self.norm(x[:, -return_token_num:]))
+
+
+def patchify(frames: torch.Tensor, tubelet: int, patch: tuple[int, int]) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, N, tubelet*ph*pw, C): the pixels of each token, channel last."""
+    B, T, C, H, W = frames.shape
+    ph, pw = patch
+    x = frames.view(B, T // tubelet, tubelet, C, H // ph, ph, W // pw, pw)
+    x = x.permute(0, 1, 4, 6, 2, 5, 7, 3).contiguous()  # (B, T', H', W', ts, ph, pw, C)
+    return x.view(B, -1, tubelet * ph * pw, C)
+
+
+def unpatchify(patches: torch.Tensor, cfg: VideoMAEConfig) -> torch.Tensor:
+    """(B, N, tubelet*ph*pw*C) -> (B, T, C, H, W); the inverse of `patchify` followed by flattening."""
+    B = patches.shape[0]
+    (ph, pw), ts, C = cfg.patch_hw, cfg.tubelet_size, cfg.num_channels
+    t, h, w = cfg.grid
+    x = patches.reshape(B, t, h, w, ts, ph, pw, C).permute(0, 1, 4, 7, 2, 5, 3, 6)  # (B, t, ts, C, h, ph, w, pw)
+    return x.reshape(B, t * ts, C, h * ph, w * pw)
+
+
+def pretraining_targets(pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, cfg: VideoMAEConfig):
+    """What the decoder must predict for the masked tokens: (B, num_masked, patch_dim).
+
+    Pixels are first un-normalised with the ImageNet mean/std (as transformers and the original do, whatever
+    the preprocessor used); with `norm_pix_loss` each token is normalised per channel over its pixels.
+    """
+    with torch.no_grad():
+        if cfg.num_channels == 3:
+            mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=pixel_values.device, dtype=pixel_values.dtype)
+            std = torch.tensor(IMAGENET_DEFAULT_STD, device=pixel_values.device, dtype=pixel_values.dtype)
+            frames = pixel_values * std[:, None, None] + mean[:, None, None]  # back to [0, 1]
+        elif cfg.norm_pix_loss:
+            frames = pixel_values
+        else:
+            raise ShapeError("norm_pix_loss=False needs 3-channel input (it un-normalises with ImageNet stats)")
+        B = frames.shape[0]
+        patches = patchify(frames, cfg.tubelet_size, cfg.patch_hw)  # (B, N, P, C)
+        patches = patches[bool_masked_pos].reshape(B, -1, *patches.shape[2:])  # masked tokens only
+        if cfg.norm_pix_loss:
+            mean = patches.mean(dim=-2, keepdim=True)
+            std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
+            patches = (patches - mean) / (std + 1e-6)
+        return patches.flatten(2)
+
+
+class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
+    """Masked autoencoder: encode the visible tokens, decode all, predict the pixels of the masked ones."""
+
+    def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.config = config
+        self.videomae = VideoMAEModel(config, drop_path_rate)
+        self.encoder_to_decoder = nn.Linear(config.hidden_size, config.decoder_hidden_size, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        table = sinusoid_table(config.num_patches, config.decoder_hidden_size)
+        self.register_buffer("position_embeddings", table, persistent=False)
+        self.decoder = Decoder(config)
+        self.init_weights()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ):
+        if bool_masked_pos is None:
+            raise ShapeError("VideoMAEForPreTraining needs bool_masked_pos (B, N), True = masked; see vmae_cli.masking")
+        bool_masked_pos = self.videomae.check_inputs(pixel_values, bool_masked_pos)
+        enc = self.videomae(pixel_values, bool_masked_pos, output_attentions, output_hidden_states, True)
+        x = self.encoder_to_decoder(enc.last_hidden_state)  # (B, N_visible, Dd)
+        B, _, Dd = x.shape
+        pos = self.position_embeddings.to(pixel_values.dtype).expand(B, -1, -1)
+        pos_visible = pos[~bool_masked_pos].reshape(B, -1, Dd)
+        pos_masked = pos[bool_masked_pos].reshape(B, -1, Dd)
+        x = torch.cat([x + pos_visible, self.mask_token + pos_masked], dim=1)  # visible first, then masked
+        logits = self.decoder(x, pos_masked.shape[1])  # (B, N_masked, patch_dim)
+        labels = pretraining_targets(pixel_values, bool_masked_pos, self.config)
+        loss = F.mse_loss(logits, labels.to(logits.dtype))
+        out = VideoMAEForPreTrainingOutput(loss, logits, enc.hidden_states, enc.attentions)
+        return out if return_dict is not False else out.to_tuple()
+
+
+class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
+    """Encoder + `fc_norm(mean of tokens)` (mean pooling) or `layernorm(tokens)[:, 0]`, then a linear head."""
+
+    def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0, head_dropout: float = 0.0):
+        super().__init__()
+        self.config = config
+        self.videomae = VideoMAEModel(config, drop_path_rate)
+        D, L = config.hidden_size, config.num_labels
+        self.fc_norm = nn.LayerNorm(D, eps=1e-5) if config.use_mean_pooling else None  # eps 1e-5, as transformers
+        self.head_dropout = nn.Dropout(head_dropout)  # no parameters: absent from checkpoints
+        self.classifier = nn.Linear(D, L) if L > 0 else nn.Identity()
+        self.init_weights()
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The pooled vector the classifier sees: (B, D)."""
+        seq = self.videomae(pixel_values, return_dict=True).last_hidden_state
+        return self.fc_norm(seq.mean(1)) if self.fc_norm is not None else seq[:, 0]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ):
+        enc = self.videomae(
+            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        seq = enc.last_hidden_state
+        pooled = self.fc_norm(seq.mean(1)) if self.fc_norm is not None else seq[:, 0]
+        logits = self.classifier(self.head_dropout(pooled))
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
+        out = ImageClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
+        return out if return_dict is not False else out.to_tuple()
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: VideoMAEConfig) -> torch.Tensor:
+    """transformers' rule: regression for one label, cross-entropy for integer labels, else multi-label BCE."""
+    problem = cfg.problem_type
+    if problem is None:
+        if cfg.num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+    if problem == "regression":
+        return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+    if problem == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def count_parameters(config: VideoMAEConfig, architecture: str = "VideoMAEForVideoClassification") -> int:
+    """Parameters of a model, from its config alone (no weights are built)."""
+    cls = MODEL_CLASSES[architecture]
+    with torch.device("meta"):
+        return sum(p.numel() for p in cls(config).parameters())
+
+
+MODEL_CLASSES = {
+    "VideoMAEModel": VideoMAEModel,
+    "VideoMAEForPreTraining": VideoMAEForPreTraining,
+    "VideoMAEForVideoClassification": VideoMAEForVideoClassification,
+}

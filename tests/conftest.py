@@ -1,0 +1,39 @@
+"""Shared fixtures. Every test runs offline with its caches in tmp_path: nothing reaches the network."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # also inherited by the subprocesses tests start
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.pop("VMAE_DEBUG", None)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def isolated_hf_cache(tmp_path_factory, monkeypatch):
+    """Point the Hugging Face cache at an empty per-test folder (in-process and for subprocesses)."""
+    import huggingface_hub.constants as constants
+
+    home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return home / "hub"
+
+
+def run_vmae(*args: str, input: str | None = None, env: dict | None = None, timeout: float = 120):
+    """Run the real `vmae` entry point in a subprocess; returns the CompletedProcess (text mode)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "vmae_cli", *args],
+        input=input, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
+    )
