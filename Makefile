@@ -25,5 +25,10 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
+# The README's first command: set up, build a small random-weight model, and describe it.
+demo: install
+	$(PY) scripts/build_tiny_model.py .cache/demo-model > /dev/null
+	$(VENV)/bin/vmae info .cache/demo-model
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

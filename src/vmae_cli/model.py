@@ -226,6 +226,8 @@ class VideoMAEPreTrainedModel(PretrainedMixin, nn.Module):
     config: VideoMAEConfig
 
     def init_weights(self) -> None:
+        if next(self.parameters()).is_meta:  # built to be loaded into (from_pretrained): nothing to initialise
+            return
         for module in self.modules():
             self._init_module(module)
 
@@ -280,7 +282,7 @@ class VideoMAEPreTrainedModel(PretrainedMixin, nn.Module):
 class VideoMAEModel(VideoMAEPreTrainedModel):
     """The encoder. `last_hidden_state` is (B, N_visible, D); `layernorm` exists only without mean pooling."""
 
-    def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0):
+    def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0, *, init: bool = True):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
@@ -290,7 +292,8 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
             [Layer(D, config.num_attention_heads, config.intermediate_size, config, r) for r in rates]
         )
         self.layernorm = None if config.use_mean_pooling else nn.LayerNorm(D, eps=config.layer_norm_eps)
-        self.init_weights()
+        if init:  # a head model initialises everything once, itself included
+            self.init_weights()
 
     def check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> torch.Tensor | None:
         cfg = self.config
@@ -410,7 +413,7 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
     def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0):
         super().__init__()
         self.config = config
-        self.videomae = VideoMAEModel(config, drop_path_rate)
+        self.videomae = VideoMAEModel(config, drop_path_rate, init=False)
         self.encoder_to_decoder = nn.Linear(config.hidden_size, config.decoder_hidden_size, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
         table = sinusoid_table(config.num_patches, config.decoder_hidden_size)
@@ -449,7 +452,7 @@ class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
     def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0, head_dropout: float = 0.0):
         super().__init__()
         self.config = config
-        self.videomae = VideoMAEModel(config, drop_path_rate)
+        self.videomae = VideoMAEModel(config, drop_path_rate, init=False)
         D, L = config.hidden_size, config.num_labels
         self.fc_norm = nn.LayerNorm(D, eps=1e-5) if config.use_mean_pooling else None  # eps 1e-5, as transformers
         self.head_dropout = nn.Dropout(head_dropout)  # no parameters: absent from checkpoints

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def print_json(data: Any, stream=None) -> None:
@@ -33,3 +37,191 @@ def print_mapping(data: dict[str, Any], title: str | None = None) -> None:
             value = ", ".join(map(str, value))
         table.add_row(key.replace("_", " "), str(value))
     _stdout_console().print(table)
+
+
+# ---- records (classify, embed --format jsonl) --------------------------------------------------------------
+def error_record(path: str, error: BaseException) -> dict:
+    message = str(error) or type(error).__name__
+    return {"path": path, "ok": False, "error": {"type": type(error).__name__, "message": message.splitlines()[0]}}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Complete JSON lines of a file; a last line cut short by a kill is ignored."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def partial_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def finished_records(out: Path) -> dict[str, dict]:
+    """Records of inputs done by an earlier run of the same `--out`: the finished file and its `.partial`
+    journal. Failed inputs are not counted as done, so a resumed run tries them again."""
+    found: list[dict] = []
+    if out.is_file():
+        text = out.read_text(encoding="utf-8").strip()
+        if text.startswith("["):
+            try:
+                found.extend(json.loads(text))
+            except json.JSONDecodeError:
+                pass
+        else:
+            found.extend(read_jsonl(out))
+    if partial_path(out).is_file():
+        found.extend(read_jsonl(partial_path(out)))
+    return {r["path"]: r for r in found if isinstance(r, dict) and r.get("ok") and "path" in r}
+
+
+class RecordWriter:
+    """Writes records in input order as JSON Lines (each flushed as it is written) or one JSON array.
+
+    With `out`, records go to `out.partial` as they finish (the resume journal) and the finished file
+    replaces `out` at the end in one rename: a reader never sees half a file.
+    """
+
+    def __init__(self, out: Path | None, fmt: str, stream=None):
+        self.out, self.fmt = out, fmt
+        self.stream = stream or sys.stdout
+        self.records: list[dict] = []
+        self._journal = None
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self._journal = open(partial_path(out), "w", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False)
+        if self._journal is not None:
+            self._journal.write(line + "\n")
+            self._journal.flush()
+        elif self.fmt == "jsonl":
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        if self.fmt == "json":
+            self.records.append(record)
+
+    def close(self) -> None:
+        """Finish: print the JSON array, or move the journal into place as `out`."""
+        if self._journal is not None:
+            self._journal.close()
+            partial = partial_path(self.out)
+            if self.fmt == "json":
+                from .files import atomic_write_text
+
+                atomic_write_text(self.out, json.dumps(self.records, indent=2, ensure_ascii=False) + "\n")
+                partial.unlink()
+            else:
+                os.replace(partial, self.out)
+        elif self.fmt == "json":
+            print_json(self.records, self.stream)
+
+
+# ---- embeddings ------------------------------------------------------------------------------------------
+class EmbeddingWriter:
+    """Streams one vector per input to disk; `close()` writes OUT (.npy, .npz or .safetensors) in input order.
+
+    While running, vectors go to the journal folder `OUT.partial/` (raw float32 rows plus a JSON Lines index),
+    so memory stays flat for any number of inputs and an interrupted run resumes from what it finished.
+    At the end OUT and `OUT-stem.paths.txt` (line i names row i) appear whole; failed inputs are listed in
+    `OUT-stem.errors.jsonl`.
+    """
+
+    def __init__(self, out: Path, fmt: str, resume: bool = False):
+        import shutil
+
+        self.out, self.fmt = out, fmt
+        self.journal = partial_path(out)
+        if self.journal.exists() and not resume:
+            shutil.rmtree(self.journal)
+        self.journal.mkdir(parents=True, exist_ok=True)
+        self.rows_path, self.index_path = self.journal / "rows.f32", self.journal / "index.jsonl"
+        self.index: dict[str, dict] = {}  # path -> {"row", "shape"} or {"error"}
+        self.shape: list[int] | None = None
+        self.rows = 0
+        if resume:
+            self._recover()
+        self._rows = open(self.rows_path, "ab")
+        self._index = open(self.index_path, "a", encoding="utf-8")
+
+    def _recover(self) -> None:
+        """Keep the journal's complete rows; drop anything after a kill mid-write."""
+        entries = read_jsonl(self.index_path) if self.index_path.exists() else []
+        size = self.rows_path.stat().st_size if self.rows_path.exists() else 0
+        ok = [e for e in entries if "row" in e]
+        if ok:
+            self.shape = ok[0]["shape"]
+            row_bytes = 4 * int(np.prod(self.shape))
+            complete = size // row_bytes
+            ok = [e for e in ok if e["row"] < complete]
+            self.rows = max((e["row"] for e in ok), default=-1) + 1
+            with open(self.rows_path, "r+b") as f:
+                f.truncate(self.rows * row_bytes)
+        else:
+            self.rows_path.write_bytes(b"")
+        self.index = {e["path"]: e for e in ok}
+        with open(self.index_path, "w", encoding="utf-8") as f:  # rewrite without torn or failed lines
+            f.writelines(json.dumps(e) + "\n" for e in ok)
+
+    def done(self) -> set[str]:
+        return set(self.index)
+
+    def write(self, path: str, vector: np.ndarray | None, error: BaseException | None = None) -> None:
+        if vector is None:
+            self.index[path] = error_record(path, error)
+            return  # failures are not journaled: a resumed run tries them again
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
+        if self.shape is None:
+            self.shape = list(vector.shape)
+        self._rows.write(vector.tobytes())
+        self._rows.flush()  # the row before its index line: an index line always has its row
+        entry = {"path": path, "row": self.rows, "shape": self.shape}
+        self._index.write(json.dumps(entry) + "\n")
+        self._index.flush()
+        self.index[path] = entry
+        self.rows += 1
+
+    def close(self, order: list[str]) -> tuple[int, int]:
+        """Write the outputs with rows in `order`; returns (rows written, failed inputs)."""
+        import shutil
+
+        from .files import atomic_path, atomic_write_text
+
+        self._rows.close()
+        self._index.close()
+        ok = [p for p in order if "row" in self.index.get(p, {})]
+        failed = [self.index[p] for p in order if "error" in self.index.get(p, {})]
+        shape = self.shape or [0]
+        stored = np.memmap(self.rows_path, np.float32, "r", shape=(self.rows, *shape)) if self.rows else None
+        rows = [self.index[p]["row"] for p in ok]
+        with atomic_path(self.out) as tmp:
+            if self.fmt == "npy":
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ok), *shape))
+                for start in range(0, len(rows), 4096):  # stream: never the whole matrix in memory
+                    array[start : start + 4096] = stored[rows[start : start + 4096]]
+                array.flush()
+                del array
+            else:
+                data = stored[rows] if rows else np.zeros((0, *shape), np.float32)
+                if self.fmt == "npz":
+                    with open(tmp, "wb") as f:
+                        np.savez(f, embeddings=data, paths=np.array(ok, dtype=str))
+                else:
+                    from safetensors.numpy import save_file
+
+                    save_file({"embeddings": np.ascontiguousarray(data)}, str(tmp), metadata={"paths": json.dumps(ok)})
+        stem = self.out.with_suffix("")
+        atomic_write_text(stem.with_name(stem.name + ".paths.txt"), "".join(p + "\n" for p in ok))
+        errors = stem.with_name(stem.name + ".errors.jsonl")
+        if failed:
+            atomic_write_text(errors, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failed))
+        elif errors.exists():
+            errors.unlink()
+        del stored
+        shutil.rmtree(self.journal)
+        return len(ok), len(failed)

@@ -28,7 +28,7 @@ def architecture(config: VideoMAEConfig) -> str:
 
 def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
     from .model import count_parameters
-    from .sampling import SamplingSpec
+    from .inference import default_sampling
 
     found = resolve(ref, revision)
     config = VideoMAEConfig.from_json_file(found.config_path)
@@ -54,5 +54,5 @@ def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
         "labels": labels[:5] + (["..."] if len(labels) > 5 else []),
         "parameters": count_parameters(config, arch),
         "weights": [p.name for p in found.weights],
-        "sampling": SamplingSpec.for_model(config, pre).to_dict(),
+        "sampling": default_sampling(config, pre).to_dict(),
     }

@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VmaeError
-from . import info
+from . import classify, embed, info
 
 app = typer.Typer(
     name="vmae",
@@ -24,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command("classify")(classify.classify)
+app.command("embed")(embed.embed)
 app.command("info")(info.info)
 
 
@@ -55,16 +57,18 @@ def _setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Exit codes: 0 done, 1 failed (some or all inputs), 2 usage error, 130 interrupted."""
-    import click
+    # Typer may vendor click; find its exception classes through typer's own BadParameter.
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
     _setup_logging()
     debug = os.environ.get("VMAE_DEBUG", "") not in ("", "0")
     try:
         code = app(args=argv, standalone_mode=False)
-    except click.ClickException as e:  # bad flags or arguments
+    except click_error as e:  # bad flags or arguments
         e.show()
-        code = 2 if isinstance(e, click.UsageError) else e.exit_code
-    except click.exceptions.Abort:
+        code = 2 if isinstance(e, usage_error) else e.exit_code
+    except typer.Abort:
         typer.echo("aborted", err=True)
         code = 130
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,3 +12,44 @@ RevisionOpt = Annotated[
     str | None, typer.Option("--revision", help="Hub revision: branch, tag or commit.", show_default=False)
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Write JSON to stdout instead of a table.")]
+
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(help="Video files, folders (searched recursively), globs, or - to read paths from stdin.",
+                   show_default=False),
+]  # fmt: skip
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Write to this file (atomically) instead of stdout.",
+                              show_default=False, dir_okay=False)
+]  # fmt: skip
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="With --out: skip inputs the output already holds; keep what it has.")
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option("--shard", help="Process shard i of n (e.g. 0/4); default: torchrun's RANK/WORLD_SIZE.",
+                 show_default=False),
+]  # fmt: skip
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Views per model call.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 where fast, else fp32), fp32, bf16 or fp16.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Decoding threads running ahead of the model.")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="Torch and decoder threads (0 = automatic).")]
+FramesOpt = Annotated[
+    int | None, typer.Option("--frames", min=1, help="Frames per clip (must match the model).", show_default=False)
+]
+StrideOpt = Annotated[
+    int | None, typer.Option("--stride", min=1, help="Frames between samples in a window.", show_default=False)
+]
+SamplingOpt = Annotated[
+    str | None,
+    typer.Option("--sampling", help="window (strided clips) or uniform (one frame per segment).", show_default=False),
+]
+ClipsOpt = Annotated[
+    int | None, typer.Option("--clips", min=1, help="Clips per video, evenly spaced.", show_default=False)
+]
+CropsOpt = Annotated[
+    int | None, typer.Option("--crops", min=1, max=3, help="1 (center) or 3 crops per clip.", show_default=False)
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model folder, weight file, or Hub id.")]

@@ -1,0 +1,147 @@
+"""vmae's video input against the seed recipe (transformers' pipeline reader) and VideoMAEImageProcessor.
+
+    python benchmarks/bench_video.py [--cache DIR]
+
+The test videos are generated once into the cache folder (default ~/.cache/vmae-bench). Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from vmae_cli.preprocess import Preprocessor  # noqa: E402
+from vmae_cli.video import VideoReader  # noqa: E402
+
+
+def make_video(path: Path, seconds: int, width: int, height: int, rate: int = 25, gop: int = 250) -> Path:
+    """A moving gradient with a frame counter bar; x264 ultrafast so generation stays quick."""
+    if path.exists():
+        return path
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    base = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
+    with av.open(str(tmp), "w") as out:
+        stream = out.add_stream("libx264", rate=rate, options={"preset": "ultrafast", "crf": "28"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        for f in range(seconds * rate):
+            img = np.empty((height, width, 3), np.uint8)
+            img[..., 0] = (base + 3 * f) % 256
+            img[..., 1] = (base[:, ::-1] + f) % 256
+            img[..., 2] = f % 256
+            img[: height // 8, : (f * 7) % width] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    os.replace(tmp, path)
+    return path
+
+
+def seed_recipe(path, indices) -> np.ndarray:
+    """transformers' video-classification pipeline reader: decode from frame 0, keep the wanted ones."""
+    container = av.open(str(path))
+    container.seek(0)
+    frames = []
+    for i, frame in enumerate(container.decode(video=0)):
+        if i > indices[-1]:
+            break
+        if i >= indices[0] and i in indices:
+            frames.append(frame)
+    container.close()
+    return np.stack([x.to_ndarray(format="rgb24") for x in frames])
+
+
+def vmae_window_at_end(path) -> np.ndarray:
+    with VideoReader(path) as r:
+        n = r.count_frames()
+        return r.get_frames(np.arange(n - 64, n, 4))
+
+
+def timed(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_rss_mb(path: Path) -> float:
+    """Peak RSS of a fresh process that reads a 16x4 window at the end of `path`.
+
+    VmHWM rather than getrusage's ru_maxrss: Linux carries ru_maxrss over fork + exec, so the
+    child would report this (torch-importing) parent's peak; VmHWM is per address space."""
+    code = (
+        "import resource, sys; sys.path.insert(0, sys.argv[2]); import numpy as np;"
+        "from vmae_cli.video import VideoReader\n"
+        "with VideoReader(sys.argv[1]) as r:\n"
+        "    n = r.count_frames(); r.get_frames(np.arange(n - 64, n, 4))\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+        "print(int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path), src], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vmae-bench")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(min(4, os.cpu_count() or 1))
+
+    t0 = time.perf_counter()
+    long_low = make_video(args.cache / "long_160x90_10min.mp4", 600, 160, 90)
+    clip_hd = make_video(args.cache / "clip_1080p_10s.mp4", 10, 1920, 1080)  # one GOP: nothing to skip
+    clip_hd2 = make_video(args.cache / "clip_1080p_10s_gop50.mp4", 10, 1920, 1080, gop=50)  # 2 s GOPs
+    long_hd = make_video(args.cache / "long_1080p_60s.mp4", 60, 1920, 1080)
+    print(f"videos ready in {time.perf_counter() - t0:.1f} s ({args.cache})", file=sys.stderr)
+
+    rows = []
+    for name, path, repeat in [("16x4 window at the end, 10 min 160x90", long_low, 1),
+                               ("16x4 window at the end, 10 s 1080p, GOP 250", clip_hd, 3),
+                               ("16x4 window at the end, 10 s 1080p, GOP 50", clip_hd2, 3)]:  # fmt: skip
+        with VideoReader(path) as r:
+            n = r.count_frames()
+        idx = np.arange(n - 64, n, 4)
+        assert np.array_equal(seed_recipe(path, idx), vmae_window_at_end(path)), "frames differ from the seed"
+        seed = timed(lambda p=path, i=idx: seed_recipe(p, i), repeat)
+        ours = timed(lambda p=path: vmae_window_at_end(p), max(repeat, 3))
+        rows.append((name, seed, ours))
+
+    from transformers import VideoMAEImageProcessor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = VideoMAEImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    ours_proc = Preprocessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    frames = np.random.default_rng(0).integers(0, 256, (16, 1080, 1920, 3), dtype=np.uint8)
+    hf(list(frames), return_tensors="pt"), ours_proc(frames)  # warm up
+    rows.append(("preprocess 16 frames of 1080p vs " + type(hf).__name__,
+                 timed(lambda: hf(list(frames), return_tensors="pt"), 5), timed(lambda: ours_proc(frames), 9)))  # fmt: skip
+
+    print("| benchmark | baseline (s) | vmae (s) | speed-up |\n|---|---|---|---|")
+    for name, base, ours in rows:
+        print(f"| {name} | {base:.3f} | {ours:.4f} | {base / ours:.1f}x |")
+    print(
+        f"| peak RSS, 16x4 window at the end of a 60 s 1080p video (fresh process) | | {peak_rss_mb(long_hd):.0f} MB | |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""`vmae classify PATHS...`: name what happens in videos (top-k labels), as a table, JSON or JSON Lines."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .options import (
+    BatchSizeOpt, ClipsOpt, CropsOpt, DeviceOpt, DtypeOpt, FramesOpt, InputsArg, JsonFlag, ModelOpt, OutOpt, QuietOpt,
+    ResumeOpt, RevisionOpt, SamplingOpt, ShardOpt, StrideOpt, ThreadsOpt, WorkersOpt,
+)  # fmt: skip
+
+DEFAULT_MODEL = "MCG-NJU/videomae-base-finetuned-kinetics"
+
+
+def classify(
+    inputs: InputsArg,
+    model: ModelOpt = DEFAULT_MODEL,
+    revision: RevisionOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per video.")] = 5,
+    json_: JsonFlag = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON line per video, in input order.")] = False,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
+    shard: ShardOpt = None,
+    timeline: Annotated[bool, typer.Option("--timeline", help="Labels for consecutive windows of each video.")] = False,
+    window: Annotated[
+        float | None, typer.Option("--window", min=0.01, help="Timeline window in seconds (default: one clip).",
+                                   show_default=False)
+    ] = None,  # fmt: skip
+    hop: Annotated[
+        float | None, typer.Option("--hop", min=0.01, help="Timeline step in seconds (default: the window).",
+                                   show_default=False)
+    ] = None,  # fmt: skip
+    frames: FramesOpt = None,
+    stride: StrideOpt = None,
+    sampling: SamplingOpt = None,
+    clips: ClipsOpt = None,
+    crops: CropsOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    workers: WorkersOpt = 2,
+    threads: ThreadsOpt = 0,
+    quiet: QuietOpt = False,
+) -> int:
+    """Classify videos with a VideoMAE classifier (Kinetics-400 by default).
+
+    Sampling follows the model: a fine-tuned vmae model samples as it was trained; otherwise Kinetics
+    models take a central 16x4 window and SSv2 models 16 segments. --clips 5 --crops 3 averages the
+    paper's 15 test views.
+    """
+    from ..output import RecordWriter, finished_records
+    from ..predict import RunOptions, classification_record, load_model
+    from .batch import exit_code, gather_inputs, progress, report_error
+    from .render import print_classification
+
+    if json_ and jsonl:
+        raise typer.BadParameter("choose one of --json and --jsonl")
+    if resume and out is None:
+        raise typer.BadParameter("--resume needs --out FILE (the output to continue)")
+    if (window is not None or hop is not None) and not timeline:
+        raise typer.BadParameter("--window and --hop go with --timeline")
+    if sampling not in (None, "window", "uniform"):
+        raise typer.BadParameter(f"--sampling must be window or uniform, got {sampling!r}")
+    paths, out = gather_inputs(inputs, shard, out)
+    fmt = "json" if json_ else "jsonl" if jsonl else None
+    if fmt is None:
+        fmt = ("json" if out.suffix == ".json" else "jsonl") if out is not None else "table"
+    done = finished_records(out) if resume else {}
+    todo = [p for p in paths if p not in done]
+
+    opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
+    net, engine = load_model(model, revision, "classify", opts) if todo else (None, None)
+    if timeline:
+        results = (engine.timeline(p, window, hop, k) for k, p in enumerate(todo))
+    else:
+        results = engine.run(todo) if todo else iter(())
+    writer = RecordWriter(out, fmt) if fmt != "table" else None
+    failures = 0
+    with progress(len(todo), quiet, "classify") as advance:
+        for path in paths:
+            if path in done:
+                record = done[path]
+            else:
+                record = classification_record(next(results), net.config, top_k)
+                advance()
+            failures += not record["ok"]
+            if writer is not None:
+                writer.write(record)
+            else:
+                print_classification(record)
+            if not record["ok"]:
+                report_error(record)
+    if writer is not None:
+        writer.close()
+    return exit_code(failures)

@@ -1,0 +1,99 @@
+"""`vmae embed PATHS... --out feats.npy`: one vector per video (or every token), streamed to disk."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import (
+    BatchSizeOpt, ClipsOpt, CropsOpt, DeviceOpt, DtypeOpt, FramesOpt, InputsArg, ModelOpt, QuietOpt, ResumeOpt,
+    RevisionOpt, SamplingOpt, ShardOpt, StrideOpt, ThreadsOpt, WorkersOpt,
+)  # fmt: skip
+
+FORMATS = ("npy", "npz", "safetensors", "jsonl")
+
+
+def embed(
+    inputs: InputsArg,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output file: feats.npy (+ feats.paths.txt), .npz, .safetensors, "
+                           ".jsonl.", dir_okay=False, show_default=False)
+    ],  # fmt: skip
+    model: ModelOpt = "MCG-NJU/videomae-base-finetuned-kinetics",
+    revision: RevisionOpt = None,
+    pool: Annotated[
+        str, typer.Option("--pool", help="auto (what the classifier head sees; token mean for an encoder), "
+                          "mean, token0, or none (every token).")
+    ] = "auto",  # fmt: skip
+    format_: Annotated[
+        str | None, typer.Option("--format", help="npy, npz, safetensors or jsonl (default: from --out's suffix).",
+                                 show_default=False)
+    ] = None,  # fmt: skip
+    resume: ResumeOpt = False,
+    shard: ShardOpt = None,
+    frames: FramesOpt = None,
+    stride: StrideOpt = None,
+    sampling: SamplingOpt = None,
+    clips: ClipsOpt = None,
+    crops: CropsOpt = None,
+    batch_size: BatchSizeOpt = 8,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    workers: WorkersOpt = 2,
+    threads: ThreadsOpt = 0,
+    quiet: QuietOpt = False,
+) -> int:
+    """Turn videos into vectors: row i of feats.npy belongs to line i of feats.paths.txt.
+
+    Failed inputs are listed in feats.errors.jsonl and on stderr, never silently dropped. Views
+    (--clips x --crops) are averaged into one vector per video.
+    """
+    from ..output import EmbeddingWriter, RecordWriter, error_record, finished_records
+    from ..predict import RunOptions, embedding, load_model
+    from .batch import exit_code, gather_inputs, progress, report_error
+
+    fmt = format_ or (out.suffix.lstrip(".") if out.suffix.lstrip(".") in FORMATS else "npy")
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if pool not in ("auto", "mean", "token0", "none"):
+        raise typer.BadParameter(f"--pool must be auto, mean, token0 or none, got {pool!r}")
+    if sampling not in (None, "window", "uniform"):
+        raise typer.BadParameter(f"--sampling must be window or uniform, got {sampling!r}")
+    paths, out = gather_inputs(inputs, shard, out)
+    if fmt == "jsonl":
+        done = set(finished_records(out)) if resume else set()
+        writer = RecordWriter(out, "jsonl")
+    else:
+        writer = EmbeddingWriter(out, fmt, resume=resume)
+        done = writer.done()
+    todo = [p for p in paths if p not in done]
+    opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
+    _, engine = load_model(model, revision, pool, opts) if todo else (None, None)
+    results = engine.run(todo) if todo else iter(())
+    previous = finished_records(out) if fmt == "jsonl" and resume else {}
+    failures = 0
+    with progress(len(todo), quiet, "embed") as advance:
+        for path in paths:
+            if path in done:
+                if fmt == "jsonl":
+                    writer.write(previous[path])
+                continue
+            result = next(results)
+            advance()
+            if not result.ok:
+                failures += 1
+                report_error(error_record(path, result.error))
+            if fmt == "jsonl":
+                writer.write({"path": path, "ok": True, "embedding": embedding(result).tolist()}
+                             if result.ok else error_record(path, result.error))  # fmt: skip
+            else:
+                writer.write(path, embedding(result) if result.ok else None, result.error)
+    if fmt == "jsonl":
+        writer.close()
+    else:
+        rows, failed = writer.close(paths)
+        print(f"wrote {rows} vector(s) to {out}" + (f"; {failed} input(s) failed" if failed else ""), file=sys.stderr)
+    return exit_code(failures)

@@ -1,0 +1,71 @@
+"""The one path from a video file to model input, shared by the CLI, inference and training.
+
+    path --VideoReader--> exact frame count --SamplingSpec--> indices (clips, T)
+         --get_frames (union of all clips, one decode pass)--> uint8 --Preprocessor--> (views, T, 3, S, S)
+
+Views are ordered clip-major: view v is clip v // crops, crop v % crops.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .preprocess import Preprocessor
+from .sampling import SamplingSpec
+from .video import VideoReader
+
+
+@dataclass
+class Clips:
+    """The views of one video and where they came from."""
+
+    path: str
+    indices: np.ndarray  # int64 (views, T) frame indices, in presentation order
+    timestamps: np.ndarray  # float64 (views, T) seconds from the stream start
+    num_frames: int  # exact frame count of the video
+    fps: float
+    pixel_values: torch.Tensor | None = None  # float32 (views, T, 3, S, S), from load_clips
+    frames: np.ndarray | None = None  # uint8 (clips, T, H, W, 3) before preprocessing, from load_frames
+
+
+def _read(path, spec: SamplingSpec, size, reader_kwargs) -> tuple[np.ndarray, Clips]:
+    with VideoReader(path, **reader_kwargs) as reader:
+        n = reader.count_frames()  # exact (demux only); the decode needs the same index anyway
+        indices = spec.indices(n)  # (clips, T)
+        flat = reader.get_frames(indices.reshape(-1), size=size)  # repeats decode once
+        timestamps = reader.timestamps[indices]
+        info = Clips(os.fspath(path), indices, timestamps, n, reader.fps)
+    return flat.reshape(*indices.shape, *flat.shape[1:]), info
+
+
+def load_frames(path, spec: SamplingSpec, *, size: tuple[int, int] | None = None, **reader_kwargs) -> Clips:
+    """Sampled frames before preprocessing (for training-time augmentation).
+
+    Args:
+        size: optional (width, height) for swscale to resize to while converting to RGB.
+        reader_kwargs: passed to VideoReader (threads, timeout).
+    Returns:
+        Clips with `frames` uint8 (clips, T, H, W, 3); indices and timestamps are (clips, T).
+    """
+    frames, clips = _read(path, spec, size, reader_kwargs)
+    clips.frames = frames
+    return clips
+
+
+def load_clips(path, spec: SamplingSpec, preprocessor: Preprocessor, **reader_kwargs) -> Clips:
+    """All views of one video as model input, decoded in one pass over the union of indices.
+
+    Returns:
+        Clips with `pixel_values` float32 (clips * crops, T, 3, S, S) and indices / timestamps
+        (clips * crops, T), each clip's row repeated for its crops.
+    """
+    frames, clips = _read(path, spec, None, reader_kwargs)
+    views = [preprocessor.multi_crop(f, spec.crops) for f in frames]  # each (crops, T, 3, S, S)
+    clips.pixel_values = torch.cat(views)
+    clips.indices = np.repeat(clips.indices, spec.crops, axis=0)
+    clips.timestamps = np.repeat(clips.timestamps, spec.crops, axis=0)
+    return clips

@@ -1,0 +1,312 @@
+"""The batch engine behind `classify` and `embed`: paths -> views -> batches -> per-video outputs, in input order.
+
+Decoding and preprocessing run ahead of the model in worker threads (PyAV and torch release the GIL), and
+the model sees full batches made of views from several videos. A video that fails to load becomes an error
+result; the run goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .clips import Clips, load_clips
+from .errors import UsageError
+from .preprocess import Preprocessor
+from .sampling import SamplingSpec, time_window_indices
+from .video import VideoReader
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = {
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
+    ".m2ts", ".ogv", ".gif",
+}  # fmt: skip
+
+
+# ---- inputs ----------------------------------------------------------------------------------------------
+def expand_inputs(args: Iterable[str], stdin=None) -> list[str]:
+    """Files, folders (recursively, video extensions only), globs, and `-` (paths on stdin, one per line).
+
+    The order is the order given; a folder's videos are sorted. A path that does not exist is kept, so that
+    it is reported as a failed input rather than silently dropped.
+    """
+    out: list[str] = []
+    for arg in args:
+        if arg == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            out.extend(line.strip() for line in stream if line.strip())
+        elif os.path.isdir(arg):
+            found = sorted(
+                str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+            )
+            if not found:
+                log.warning("%s: no video files in this folder", arg)
+            out.extend(found)
+        elif not os.path.exists(arg) and glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                log.warning("%s: the pattern matches no file", arg)
+            out.extend(matches)
+        else:
+            out.append(arg)
+    return out
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """`i/n` -> (i, n); without it, torchrun's RANK / WORLD_SIZE, else (0, 1)."""
+    if shard is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    if not 0 <= i < n:
+        raise UsageError(f"--shard {shard}: need 0 <= i < n")
+    return i, n
+
+
+def take_shard(items: list[str], index: int, count: int) -> list[str]:
+    """Every count-th item from index: each input lands in exactly one shard, whatever the count."""
+    return items[index::count]
+
+
+# ---- device and precision --------------------------------------------------------------------------------
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: Apple MPS is not available here; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and "AVX512" in torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA (where supported) and on CPUs with native bf16, float32 otherwise."""
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name not in names:
+        raise UsageError(f"--dtype {name!r}: expected auto, fp32, bf16 or fp16")
+    return names[name]
+
+
+# ---- sampling defaults -----------------------------------------------------------------------------------
+def default_sampling(config, preprocessor_config: dict | None) -> SamplingSpec:
+    """How a model's training sampled frames: a `frame_sampling` section that `vmae finetune` writes, else
+    the paper's protocol for its data set (SSv2-like label sets: segments; everything else: a 16x4 window)."""
+    section = (preprocessor_config or {}).get("frame_sampling")
+    if section:
+        return SamplingSpec.from_dict(section)
+    labels = " ".join((config.id2label or {}).values()).lower()
+    if config.num_labels == 174 or "something" in labels:
+        return SamplingSpec(mode="uniform", frames=config.num_frames)
+    return SamplingSpec(mode="window", frames=config.num_frames, stride=4)
+
+
+def preprocessor_for(model, preprocessor_config: dict | None) -> Preprocessor:
+    """The model's own preprocessor_config.json, else transformers' defaults at the model's image size."""
+    if preprocessor_config:
+        return Preprocessor.from_dict(preprocessor_config)
+    h, w = model.config.image_hw
+    log.warning("model has no preprocessor_config.json; using transformers' defaults (mean/std 0.5)")
+    return Preprocessor.from_dict({"size": {"shortest_edge": min(h, w)}, "crop_size": {"height": h, "width": w}})
+
+
+# ---- the engine ------------------------------------------------------------------------------------------
+@dataclass
+class VideoResult:
+    """One input's outcome: per-view outputs (views, K) in float32 on the CPU, or the error."""
+
+    index: int
+    path: str
+    clips: Clips | None = None
+    outputs: torch.Tensor | None = None
+    error: Exception | None = None
+    segments: list[tuple[float, float]] | None = None  # timeline: (start, end) seconds of each view group
+    _parts: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _remaining: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Engine:
+    """Runs `head(model, pixel_values) -> (B, K)` over the views of many videos, in batches.
+
+    batch_size counts views (clips x crops), so memory stays bounded whatever the sampling protocol.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        head: Callable[[torch.Tensor], torch.Tensor],
+        preprocessor: Preprocessor,
+        spec: SamplingSpec,
+        *,
+        batch_size: int = 8,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        workers: int = 2,
+        threads: int = 0,
+        timeout: float | None = 120.0,
+    ):
+        self.model, self.head = model, head
+        self.preprocessor, self.spec = preprocessor, spec
+        self.batch_size = max(1, batch_size)
+        self.device = device or torch.device("cpu")
+        self.dtype = dtype
+        self.workers = max(1, workers)
+        self.reader_kwargs = {"threads": threads, "timeout": timeout}
+
+    # -- model side --
+    @torch.inference_mode()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) float32 on the CPU -> (B, K) float32 on the CPU."""
+        x = pixel_values
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
+        return self.head(x.to(self.dtype)).float().cpu()
+
+    def _load(self, path: str) -> Clips:
+        return load_clips(path, self.spec, self.preprocessor, **self.reader_kwargs)
+
+    def run(self, paths: list[str]) -> Iterator[VideoResult]:
+        """Yield one VideoResult per path, in the order of `paths`, as soon as each is complete."""
+        lookahead = self.workers * 2 + 1
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="vmae-decode") as pool:
+            todo = iter(enumerate(paths))
+            loading: deque[tuple[int, str, Future]] = deque()
+            waiting: deque[VideoResult] = deque()  # in input order, some still missing model outputs
+            queue: deque[tuple[VideoResult, torch.Tensor]] = deque()  # views not yet through the model
+            queued = 0
+
+            def refill() -> None:
+                while len(loading) < lookahead:
+                    item = next(todo, None)
+                    if item is None:
+                        return
+                    loading.append((item[0], item[1], pool.submit(self._load, item[1])))
+
+            refill()
+            while loading or queue:
+                if loading:
+                    index, path, future = loading.popleft()
+                    refill()
+                    result = VideoResult(index, path)
+                    try:
+                        clips = future.result()
+                    except Exception as e:  # noqa: BLE001 - any failure of one input is that input's result
+                        result.error = e
+                    else:
+                        views = clips.pixel_values
+                        clips.pixel_values = None
+                        result.clips, result._remaining = clips, len(views)
+                        for start in range(0, len(views), self.batch_size):
+                            chunk = views[start : start + self.batch_size]
+                            queue.append((result, chunk))
+                            queued += len(chunk)
+                    waiting.append(result)
+                while queue and (queued >= self.batch_size or not loading):
+                    queued -= self._run_batch(queue)
+                while waiting and waiting[0]._remaining == 0:
+                    done = waiting.popleft()
+                    if done.ok:
+                        done.outputs, done._parts = torch.cat(done._parts), []
+                    yield done
+
+    def _run_batch(self, queue: deque[tuple[VideoResult, torch.Tensor]]) -> int:
+        """Take up to batch_size views from the queue (splitting a chunk if needed); returns views used."""
+        owners, chunks, size = [], [], 0
+        while queue and size < self.batch_size:
+            result, chunk = queue.popleft()
+            room = self.batch_size - size
+            if len(chunk) > room:
+                queue.appendleft((result, chunk[room:]))
+                chunk = chunk[:room]
+            owners.append((result, len(chunk)))
+            chunks.append(chunk)
+            size += len(chunk)
+        outputs = self.forward(torch.cat(chunks))
+        offset = 0
+        for result, n in owners:
+            result._parts.append(outputs[offset : offset + n])
+            result._remaining -= n
+            offset += n
+        return size
+
+    # -- long videos --
+    def timeline(self, path: str, window: float | None, hop: float | None, index: int = 0) -> VideoResult:
+        """Views over consecutive windows of a long video; `segments` says where each group of views lies.
+
+        Each window holds `spec.frames` frames spread evenly in time (VFR-safe) and `spec.crops` crops.
+        The window defaults to the model's clip length at the video's rate (frames x stride / fps).
+        """
+        result = VideoResult(index, path)
+        try:
+            with VideoReader(path, **self.reader_kwargs) as reader:
+                ts = reader.timestamps
+                duration = float(ts[-1] + 1.0 / max(reader.fps, 1e-6))
+                window = window or self.spec.frames * self.spec.stride / max(reader.fps, 1e-6)
+                hop = hop or window
+                starts = np.arange(0.0, max(duration - window, 0.0) + 1e-9, hop)
+                segments = [(float(s), float(min(s + window, duration))) for s in starts]
+                if segments[-1][1] < duration - 1e-6:  # cover the tail with one last full window
+                    segments.append((max(duration - window, 0.0), duration))
+                indices = np.stack([time_window_indices(ts, s, e, self.spec.frames) for s, e in segments])
+                parts = []
+                group = max(1, self.batch_size // self.spec.crops)
+                with ThreadPoolExecutor(1, thread_name_prefix="vmae-decode") as pool:
+                    def decode(rows: np.ndarray) -> torch.Tensor:  # (k, T) indices -> (k*crops, T, 3, S, S)
+                        flat = reader.get_frames(rows.reshape(-1))
+                        frames = flat.reshape(*rows.shape, *flat.shape[1:])
+                        return torch.cat([self.preprocessor.multi_crop(f, self.spec.crops) for f in frames])
+
+                    chunks = [indices[i : i + group] for i in range(0, len(indices), group)]
+                    future = pool.submit(decode, chunks[0])
+                    for k in range(len(chunks)):
+                        views = future.result()
+                        if k + 1 < len(chunks):  # decode the next windows while the model runs
+                            future = pool.submit(decode, chunks[k + 1])
+                        parts.append(self.forward(views))
+                result.outputs = torch.cat(parts)
+                result.segments = segments
+                result.clips = Clips(path, np.repeat(indices, self.spec.crops, 0),
+                                     np.repeat(ts[indices], self.spec.crops, 0), len(ts), reader.fps)
+        except Exception as e:  # noqa: BLE001 - one input's failure is its result
+            result.error = e
+        return result
+

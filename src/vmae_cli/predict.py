@@ -1,0 +1,158 @@
+"""Classification and embedding on top of the batch engine: model loading, sampling choice, records.
+
+This is the library behind `vmae classify` and `vmae embed`; the CLI modules only parse options and render.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .errors import UsageError, VmaeError
+from .inference import Engine, VideoResult, default_sampling, preprocessor_for, resolve_device, resolve_dtype
+from .sampling import SamplingSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLASSIFIER = "MCG-NJU/videomae-base-finetuned-kinetics"
+POOLING = ("auto", "mean", "token0", "none")
+
+
+@dataclass
+class RunOptions:
+    """Options shared by classify and embed (None = the model's default)."""
+
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    workers: int = 2
+    threads: int = 0
+    frames: int | None = None
+    stride: int | None = None
+    sampling: str | None = None
+    clips: int | None = None
+    crops: int | None = None
+    timeout: float = 120.0
+
+
+def sampling_spec(config, preprocessor_config: dict | None, opts: RunOptions) -> SamplingSpec:
+    spec = default_sampling(config, preprocessor_config)
+    if opts.frames is not None and opts.frames != config.num_frames:
+        raise UsageError(
+            f"--frames {opts.frames}: this model takes exactly {config.num_frames} frames per clip "
+            "(its position table is fixed)"
+        )
+    changes = {k: v for k, v in dict(mode=opts.sampling, stride=opts.stride, clips=opts.clips,
+                                     crops=opts.crops).items() if v is not None}  # fmt: skip
+    if opts.sampling == "uniform" and opts.clips is None:
+        changes["clips"] = 1
+    try:
+        return replace(spec, frames=config.num_frames, **changes)
+    except VmaeError as e:
+        raise UsageError(str(e)) from None
+
+
+def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
+    """A model ready for inference: (model, head function, engine). task: 'classify' or an embed pooling."""
+    from .checkpoint import resolve
+    from .config import VideoMAEConfig
+    from .model import VideoMAEForVideoClassification, VideoMAEModel
+
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+    config = VideoMAEConfig.from_json_file(resolve(ref, revision, weights=False).config_path)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if task == "classify":
+        if config.num_labels == 0:
+            raise VmaeError(
+                f"{ref}: this model has no classifier head (it is a pre-training or feature checkpoint); "
+                "fine-tune it first (`vmae finetune`) or use `vmae embed`"
+            )
+        model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
+
+        def head(x: torch.Tensor) -> torch.Tensor:
+            return model(x, return_dict=True).logits
+    else:
+        pool = task
+        has_head = config.num_labels > 0 and config.use_mean_pooling
+        if pool == "auto" and has_head:  # what the classifier head sees: fc_norm of the token mean
+            model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
+
+            def head(x: torch.Tensor) -> torch.Tensor:
+                return model.features(x)
+        else:
+            model = VideoMAEModel.from_pretrained(ref, revision, dtype=dtype, device=device)
+            pool = {"auto": "mean"}.get(pool, pool)
+
+            def head(x: torch.Tensor) -> torch.Tensor:
+                seq = model(x, return_dict=True).last_hidden_state  # (B, N, D)
+                if pool == "mean":
+                    return seq.mean(1)
+                if pool == "token0":
+                    return seq[:, 0]
+                return seq.flatten(1)  # none: every token, (B, N * D)
+
+    pre_cfg = model.preprocessor_config
+    engine = Engine(
+        model, head, preprocessor_for(model, pre_cfg), sampling_spec(config, pre_cfg, opts),
+        batch_size=opts.batch_size, device=device, dtype=dtype, workers=opts.workers, threads=opts.threads,
+        timeout=opts.timeout,
+    )  # fmt: skip
+    return model, engine
+
+
+def scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """Per-view logits (V, L) -> one score vector (L,): softmax (sigmoid for multi-label) averaged over views."""
+    if problem_type == "multi_label_classification":
+        return torch.sigmoid(logits).mean(0)
+    if problem_type == "regression":
+        return logits.mean(0)
+    return torch.softmax(logits, dim=-1).mean(0)
+
+
+def _predictions(score: torch.Tensor, id2label: dict[int, str], top_k: int) -> list[dict]:
+    values, indices = score.topk(min(top_k, score.numel()))
+    return [
+        {"label": id2label.get(int(i), f"LABEL_{int(i)}"), "index": int(i), "score": round(float(v), 6)}
+        for v, i in zip(values, indices, strict=True)
+    ]
+
+
+def classification_record(result: VideoResult, config, top_k: int) -> dict:
+    """The JSON record of DESIGN.md for one input (an error record if it failed)."""
+    from .output import error_record
+
+    if not result.ok:
+        return error_record(result.path, result.error)
+    id2label = config.id2label or {}
+    record = {
+        "path": result.path,
+        "ok": True,
+        "predictions": _predictions(scores(result.outputs, config.problem_type), id2label, top_k),
+        "views": int(result.outputs.shape[0]),
+        "frames": _distinct_rows(result.clips.indices),
+    }
+    if result.segments is not None:
+        per = len(result.outputs) // len(result.segments)  # crops per segment
+        record["segments"] = [
+            {"start": round(s, 3), "end": round(e, 3),
+             "predictions": _predictions(scores(result.outputs[k * per : (k + 1) * per], config.problem_type),
+                                         id2label, top_k)}
+            for k, (s, e) in enumerate(result.segments)
+        ]  # fmt: skip
+    return record
+
+
+def _distinct_rows(indices: np.ndarray) -> list[list[int]]:
+    """Frame indices of each clip, once (the crops of a clip share its row, consecutively)."""
+    rows = indices.tolist()
+    return [row for k, row in enumerate(rows) if k == 0 or row != rows[k - 1]]
+
+
+def embedding(result: VideoResult) -> np.ndarray:
+    """One float32 vector per input: the views' features averaged."""
+    return result.outputs.mean(0).numpy().astype(np.float32)

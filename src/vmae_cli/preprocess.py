@@ -1,0 +1,212 @@
+"""Preprocessor: resize the shortest edge, center crop, rescale, normalize, on torch tensors.
+
+Reads and writes `preprocessor_config.json` like transformers' VideoMAEImageProcessor, and gives
+the same pixels within one uint8 level: the resize is `F.interpolate(uint8, bilinear, antialias)`,
+which is what the torchvision backend does and within one level of Pillow's (reference sec. 3).
+All frames of a clip go through each step as one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CheckpointError, ConfigError
+
+CONFIG_NAME = "preprocessor_config.json"
+_RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}  # PIL enum -> F.interpolate mode
+_KNOWN = {
+    "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+    "do_normalize", "image_mean", "image_std",
+}  # fmt: skip
+_DROPPED = {"feature_extractor_type", "image_processor_type", "processor_class"}  # rewritten by to_dict
+
+
+def _size_dict(value, *, square: bool) -> dict:
+    """HF size forms -> dict: an int is a shortest edge for `size`, a square for `crop_size`."""
+    if isinstance(value, int):
+        return {"height": value, "width": value} if square else {"shortest_edge": value}
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return {"height": int(value[0]), "width": int(value[1])}
+    if isinstance(value, dict) and ({"shortest_edge"} <= set(value) or {"height", "width"} <= set(value)):
+        return {k: int(v) for k, v in value.items()}
+    raise ConfigError(
+        f"unsupported size {value!r}; use {{'shortest_edge': N}} or {{'height': H, 'width': W}}"
+    )
+
+
+@dataclass
+class Preprocessor:
+    """Frames (T, H, W, 3) uint8 -> model input (T, 3, S, S) float32. Defaults: transformers' class defaults."""
+
+    do_resize: bool = True
+    size: dict = field(default_factory=lambda: {"shortest_edge": 224})
+    resample: int = 2  # PIL.Image.BILINEAR
+    do_center_crop: bool = True
+    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: list = field(default_factory=lambda: [0.5, 0.5, 0.5])  # IMAGENET_STANDARD; hub files override
+    image_std: list = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    extra: dict = field(default_factory=dict)  # other keys of the file (e.g. frame_sampling), kept on save
+
+    def __post_init__(self) -> None:
+        self.size = _size_dict(self.size, square=False)
+        self.crop_size = _size_dict(self.crop_size, square=True)
+        if self.resample not in _RESAMPLE:
+            raise ConfigError(
+                f"unsupported resample {self.resample}; use 0 (nearest), 2 (bilinear) or 3 (bicubic)"
+            )
+        for name in ("image_mean", "image_std"):
+            v = getattr(self, name)
+            setattr(self, name, [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v])
+
+    # -- config file -----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessor:
+        """From a preprocessor_config.json dict, modern or legacy (VideoMAEFeatureExtractor, int sizes)."""
+        kwargs = {k: v for k, v in d.items() if k in _KNOWN}
+        kwargs.setdefault("crop_size", 224)  # old files omit it; transformers then uses 224 x 224
+        extra = {k: v for k, v in d.items() if k not in _KNOWN and k not in _DROPPED}
+        return cls(**kwargs, extra=extra)
+
+    @classmethod
+    def from_pretrained(cls, ref: str | os.PathLike, *, revision: str | None = None) -> Preprocessor:
+        """From a folder holding preprocessor_config.json, the file itself, or a Hub model id."""
+        path = Path(ref)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+            if not path.is_file():
+                raise CheckpointError(
+                    f"{ref}: no {CONFIG_NAME} in this folder; pass a model folder or Hub id"
+                )
+        elif not path.is_file():
+            from huggingface_hub import hf_hub_download
+
+            try:
+                path = Path(hf_hub_download(str(ref), CONFIG_NAME, revision=revision))
+            except Exception as e:  # hub errors are many types; all mean "cannot get the file"
+                raise CheckpointError(
+                    f"{ref}: cannot get {CONFIG_NAME} ({type(e).__name__}); pass a local folder or a valid Hub id"
+                ) from e
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a valid JSON file ({e}); re-download or fix it") from e
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict:
+        """The transformers 5.x form."""
+        d = {
+            "crop_size": dict(self.crop_size), "do_center_crop": self.do_center_crop,
+            "do_normalize": self.do_normalize, "do_rescale": self.do_rescale, "do_resize": self.do_resize,
+            "image_mean": list(self.image_mean), "image_processor_type": "VideoMAEImageProcessor",
+            "image_std": list(self.image_std), "resample": self.resample,
+            "rescale_factor": self.rescale_factor, "size": dict(self.size),
+        }  # fmt: skip
+        return {**d, **self.extra}
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write folder/preprocessor_config.json whole (temporary name, then rename)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / CONFIG_NAME
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, target)
+        return target
+
+    # -- steps -----------------------------------------------------------------------------------
+    @property
+    def crop(self) -> tuple[int, int]:
+        return self.crop_size["height"], self.crop_size["width"]
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) after the resize step."""
+        if not self.do_resize:
+            return height, width
+        if "shortest_edge" in self.size:
+            s = self.size["shortest_edge"]
+            short, long = min(height, width), max(height, width)
+            new_long = int(s * long / short)  # floor, as transformers' get_resize_output_image_size
+            return (s, new_long) if height <= width else (new_long, s)
+        return self.size["height"], self.size["width"]
+
+    def resize(self, frames) -> torch.Tensor:
+        """uint8 (T, H, W, 3) numpy/torch -> uint8 (T, 3, h, w), a channels-last view."""
+        x = _as_tensor(frames).permute(
+            0, 3, 1, 2
+        )  # no .contiguous(): interpolate is ~4x faster channels-last
+        h, w = self.output_size(x.shape[-2], x.shape[-1])
+        if not self.do_resize or (h, w) == tuple(x.shape[-2:]):
+            return x
+        mode = _RESAMPLE[self.resample]
+        if mode == "nearest-exact":
+            return F.interpolate(x, size=(h, w), mode=mode)
+        if mode == "bicubic":  # uint8 bicubic is not implemented in torch; go through float and round
+            y = F.interpolate(x.float(), size=(h, w), mode=mode, align_corners=False, antialias=True)
+            return y.round_().clamp_(0, 255).to(torch.uint8)
+        return F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
+
+    def crop_offsets(self, height: int, width: int, crops: int = 1) -> list[tuple[int, int]]:
+        """(top, left) of each crop: the center, or `crops` evenly spaced along the long side.
+
+        Three crops follow the original test code: step = (long - S) / (crops - 1),
+        start_k = int(k * step), centred on the short side.
+        """
+        ch, cw = self.crop
+        top, left = int((height - ch) / 2.0), int((width - cw) / 2.0)
+        if crops == 1:
+            return [(top, left)]
+        if height > width:
+            step = 1.0 * (height - ch) / (crops - 1)
+            return [(int(k * step), left) for k in range(crops)]
+        step = 1.0 * (width - cw) / (crops - 1)
+        return [(top, int(k * step)) for k in range(crops)]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, h, w) -> float32, rescale and normalize fused in one affine step."""
+        x = x.float()
+        shape = (3, 1, 1)
+        if self.do_normalize:
+            scale = 1.0 / self.rescale_factor if self.do_rescale else 1.0
+            mean = torch.tensor(self.image_mean, device=x.device).view(shape) * scale
+            std = torch.tensor(self.image_std, device=x.device).view(shape) * scale
+            return (x - mean) / std
+        return x * self.rescale_factor if self.do_rescale else x
+
+    def resize_crop(self, frames, crops: int = 1) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> uint8 (crops, T, 3, ch, cw): the frames before normalisation."""
+        x = self.resize(frames)
+        if not self.do_center_crop:
+            return x.contiguous().unsqueeze(0).expand(crops, *x.shape).contiguous()
+        ch, cw = self.crop
+        h, w = x.shape[-2:]
+        if h < ch or w < cw:  # transformers pads a too-small image with zeros before cropping
+            ph, pw = max(ch - h, 0), max(cw - w, 0)
+            x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+            h, w = x.shape[-2:]
+        views = [x[..., top : top + ch, left : left + cw] for top, left in self.crop_offsets(h, w, crops)]
+        return torch.stack(views).contiguous()
+
+    def multi_crop(self, frames, crops: int = 3) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> float32 (crops, T, 3, ch, cw)."""
+        return self.normalize(self.resize_crop(frames, crops))
+
+    def __call__(self, frames) -> torch.Tensor:
+        """uint8 (T, H, W, 3) numpy or torch -> float32 (T, 3, ch, cw), center crop."""
+        return self.multi_crop(frames, crops=1)[0]
+
+
+def _as_tensor(frames) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(x.shape)} {x.dtype}")
+    return x

@@ -1,0 +1,224 @@
+"""VideoReader: exact frames for every codec/container/pixel format, seeking, rotation, VFR, faults."""
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from vmae_cli.errors import VmaeError
+from vmae_cli.video import (
+    EmptyVideoError,
+    NoVideoStreamError,
+    VideoDecodeError,
+    VideoError,
+    VideoNotFoundError,
+    VideoReader,
+    VideoTimeoutError,
+)
+
+from .videos import (
+    GOOD,
+    frame_number,
+    make_videos,
+    remux_with_garbage,
+    straight_decode,
+    write_audio,
+    write_video,
+)
+
+
+@pytest.fixture(scope="session")
+def videos(tmp_path_factory):
+    return make_videos(tmp_path_factory.mktemp("videos"))
+
+
+@pytest.fixture(scope="session")
+def bad(tmp_path_factory, videos):
+    """Broken inputs, each paired with the exception it must raise."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (d / "notes.txt").write_text("this is not a video\n" * 50)
+    whole = videos["h264_mp4"].read_bytes()
+    (d / "truncated.mp4").write_bytes(whole[: len(whole) // 2])  # PyAV writes the moov atom last
+    write_audio(d / "audio.mka")
+    return {
+        "missing": (d / "nope.mp4", VideoNotFoundError),
+        "folder": (d, VideoNotFoundError),
+        "empty": (d / "empty.mp4", EmptyVideoError),
+        "random": (d / "random.mp4", VideoDecodeError),
+        "text": (d / "notes.txt", VideoDecodeError),
+        "truncated_mp4": (d / "truncated.mp4", VideoDecodeError),
+        "audio_only": (d / "audio.mka", NoVideoStreamError),
+    }
+
+
+ALL = [*GOOD, "rot90_mp4", "rot270_mp4", "vfr_mkv", "vfr_mp4"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_any_indices_equal_a_straight_decode(videos, name):
+    path = videos[name]
+    ref = straight_decode(path)
+    turns = {"rot90_mp4": 1, "rot270_mp4": 3}.get(name, 0)
+    ref = np.rot90(ref, turns, axes=(1, 2))
+    rng = np.random.default_rng(0)
+    with VideoReader(path) as r:
+        assert r.count_frames() == len(ref)
+        assert (r.height, r.width) == ref.shape[1:3]
+        for _ in range(4):  # unsorted, repeated, each call seeks afresh
+            idx = rng.integers(0, len(ref), size=7)
+            got = r.get_frames(idx)
+            assert got.dtype == np.uint8 and got.shape == (7, *ref.shape[1:])
+            np.testing.assert_array_equal(got, ref[idx])
+        if not turns:  # the picture says which frame it is, whatever the codec or pixel format
+            assert [frame_number(f) for f in r.get_frames(np.arange(len(ref))[::-1])] == list(
+                range(len(ref))
+            )[::-1]
+
+
+@pytest.mark.parametrize("name", ["h264_mp4", "h264_bframes_mkv", "mpeg4_avi", "vp9_webm"])
+def test_windows_after_a_seek_are_exact_and_really_seek(videos, name, monkeypatch):
+    path = videos[name]
+    ref = straight_decode(path)
+    with VideoReader(path) as r:
+        monkeypatch.setattr(r, "_decode_sequential", lambda *a: pytest.fail("fell back to decoding from 0"))
+        n = r.count_frames()
+        for start in range(0, n - 4, 3):
+            idx = np.arange(start, min(start + 12, n), 2)
+            np.testing.assert_array_equal(r.get_frames(idx), ref[idx])
+
+
+def test_metadata(videos):
+    with VideoReader(videos["h264_mp4"]) as r:
+        assert (r.width, r.height, r.rotation) == (64, 48, 0)
+        assert r.fps == pytest.approx(25)
+        assert r.duration == pytest.approx(120 / 25, abs=0.05)
+        assert r.num_frames == 120 and r.count_frames() == 120
+        np.testing.assert_allclose(r.timestamps, np.arange(120) / 25)
+
+
+def test_rotation_makes_frames_upright(videos):
+    # frame 1 lights only the rightmost band; turned 90 degrees counter-clockwise it is on top
+    for name, rotation, lit_rows in [("rot90_mp4", 90, slice(0, 8)), ("rot270_mp4", 270, slice(-8, None))]:
+        with VideoReader(videos[name]) as r:
+            assert r.rotation == rotation
+            assert (r.width, r.height) == (32, 64)  # stored 64x32
+            frame = r.get_frames([1])[0]
+            assert frame.shape == (64, 32, 3)
+            assert frame[lit_rows].mean() > 200 and frame[16:48].mean() < 50
+            small = r.get_frames([1], size=(16, 40))[0]  # size is (width, height) as displayed
+            assert small.shape == (40, 16, 3)
+
+
+def test_size_fast_path_resizes_in_swscale(videos):
+    with VideoReader(videos["h264_mp4"]) as r:
+        frames = r.get_frames([3, 77], size=(128, 96))
+    assert frames.shape == (2, 96, 128, 3)
+    assert [frame_number(f) for f in frames] == [3, 77]
+
+
+@pytest.mark.parametrize("name", ["vfr_mkv", "vfr_mp4"])
+def test_vfr_index_is_presentation_order(videos, name):
+    gaps = [0] + [40 if i % 3 else 100 for i in range(1, 30)]
+    with VideoReader(videos[name]) as r:
+        np.testing.assert_allclose(r.timestamps, np.cumsum(gaps) / 1000)
+        assert not r.frame_index().approximate  # uneven sample table: the exact demuxed index
+        assert [frame_number(f) for f in r.get_frames([29, 3, 17, 3])] == [29, 3, 17, 3]
+
+
+def test_constant_rate_mp4_uses_the_sample_table(videos, monkeypatch):
+    with VideoReader(videos["h264_mp4"]) as r:
+        monkeypatch.setattr(r, "_build_index", lambda: pytest.fail("demuxed the whole file"))
+        assert r.frame_index().approximate and r.count_frames() == 120
+        assert [frame_number(f) for f in r.get_frames([117, 3, 64])] == [117, 3, 64]
+
+
+def test_off_grid_frames_rebuild_the_index(videos):
+    ref = straight_decode(videos["h264_mp4"])
+    with VideoReader(videos["h264_mp4"]) as r:
+        grid = r.frame_index()
+        r._index = type(grid)(grid.pts + 1, grid.key_pts, grid.key_seek, True, True)  # a grid that lies
+        np.testing.assert_array_equal(r.get_frames([50, 7]), ref[[50, 7]])
+        assert not r.frame_index().approximate
+
+
+def test_short_clips(videos):
+    for name, n in [("one_frame_mp4", 1), ("three_frames_mp4", 3)]:
+        with VideoReader(videos[name]) as r:
+            assert r.count_frames() == n
+            # indices past the end are clamped to the last frame
+            assert [frame_number(f) for f in r.get_frames([0, n - 1, n, n + 40])] == [0, n - 1, n - 1, n - 1]
+
+
+def test_overstated_header_is_clamped_to_the_last_decodable_frame(videos, tmp_path):
+    whole = videos["h264_bframes_mkv"].read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole[: int(len(whole) * 0.6)])  # the header still says 60 frames (2.4 s)
+    last = frame_number(straight_decode(cut)[-1])
+    with VideoReader(cut) as r:
+        assert r.num_frames >= 55  # the header estimate, before anything is counted
+        n = r.count_frames()
+        assert 5 < n < 55
+        frames = r.get_frames([0, n - 1, 59])
+    assert [frame_number(f) for f in frames] == [0, last, last]
+
+
+def test_corrupt_packet_is_skipped_with_a_warning(videos, tmp_path):
+    path = remux_with_garbage(videos["h264_bframes_mkv"], tmp_path / "bad.mkv", {30, 31})
+    with VideoReader(path) as r, pytest.warns(RuntimeWarning) as caught:
+        frames = r.get_frames(np.arange(60))
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "corrupt packet" in messages and "did not decode" in messages
+    numbers = [frame_number(f) for f in frames]
+    assert numbers[:25] == list(range(25)) and numbers[-10:] == list(range(50, 60))
+
+
+def test_corrupt_bytes_mid_file_never_crash(videos, tmp_path):
+    data = bytearray(videos["h264_mp4"].read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 500] = np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes()
+    (tmp_path / "bytes.mp4").write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with VideoReader(tmp_path / "bytes.mp4") as r:
+            frames = r.get_frames(np.arange(0, 120, 7))
+    assert frames.shape == (18, 48, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "folder", "empty", "random", "text", "truncated_mp4", "audio_only"]
+)
+def test_bad_input_raises_the_right_error_quickly(bad, case):
+    path, error = bad[case]
+    t0 = time.monotonic()
+    with pytest.raises(error) as info:
+        with VideoReader(path) as r:
+            r.get_frames([0])
+    assert time.monotonic() - t0 < 2
+    assert isinstance(info.value, VideoError) and isinstance(info.value, VmaeError)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_time_limit(videos):
+    with VideoReader(videos["h264_mp4"]) as r:
+        r.count_frames()
+        r.timeout = 1e-9
+        with pytest.raises(VideoTimeoutError, match="time limit"):
+            r.get_frames([100])
+
+
+def test_negative_index_is_a_usage_error(videos):
+    with VideoReader(videos["three_frames_mp4"]) as r, pytest.raises(ValueError):
+        r.get_frames([-1])
+
+
+def test_unreliable_timestamps_fall_back_to_counting(tmp_path):
+    # raw H.264 has no container timestamps: frames are named by counting from the start
+    path = write_video(tmp_path / "raw.h264", 15, gop=5)
+    ref = straight_decode(path)
+    with VideoReader(path) as r:
+        assert r.count_frames() == len(ref)
+        np.testing.assert_array_equal(r.get_frames([14, 2, 7]), ref[[14, 2, 7]])

@@ -1,0 +1,151 @@
+"""Tiny test videos written with PyAV, and a way to read back which frame a picture is.
+
+Frame f shows f in binary as BITS vertical bands (black = 0, white = 1, most significant bit on
+the left), which survives lossy codecs, chroma subsampling, gray and 10-bit formats, and tells a
+test exactly which frame came back.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+BITS = 8
+
+
+def frame_picture(f: int, width: int, height: int) -> np.ndarray:
+    """uint8 (height, width, 3) showing frame number f as bands."""
+    bits = [(f >> (BITS - 1 - b)) & 1 for b in range(BITS)]
+    cols = np.minimum(np.arange(width) * BITS // width, BITS - 1)
+    row = np.array(bits, dtype=np.uint8)[cols] * 255
+    img = np.repeat(row[None, :], height, axis=0)
+    return np.repeat(img[:, :, None], 3, axis=2)
+
+
+def frame_number(rgb: np.ndarray) -> int:
+    """Read back the number from an upright uint8 (H, W, 3) picture made by frame_picture."""
+    h, w, _ = rgb.shape
+    lum = rgb.astype(np.float32).mean(axis=2)
+    f = 0
+    for b in range(BITS):
+        lo, hi = b * w // BITS, (b + 1) * w // BITS
+        band = lum[h // 4 : 3 * h // 4, lo + (hi - lo) // 4 : hi - (hi - lo) // 4]  # away from edges
+        f = (f << 1) | int(band.mean() > 127)
+    return f
+
+
+def write_video(
+    path: Path,
+    num_frames: int,
+    *,
+    codec: str = "libx264",
+    size: tuple[int, int] = (64, 48),
+    pix_fmt: str = "yuv420p",
+    rate: int = 25,
+    gop: int | None = None,
+    rotation: int | None = None,
+    pts: list[int] | None = None,
+    options: dict | None = None,
+) -> Path:
+    """Write frames 0..num_frames-1 (width x height). `pts` in 1/1000 s makes a variable-rate file."""
+    width, height = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        src_fmt = "rgba" if pix_fmt in ("rgba", "argb", "yuva420p") else "rgb24"
+        for f in range(num_frames):
+            img = frame_picture(f, width, height)
+            if src_fmt == "rgba":
+                img = np.concatenate([img, np.full((height, width, 1), 200, np.uint8)], axis=2)
+            frame = av.VideoFrame.from_ndarray(img, format=src_fmt)
+            if pts is not None:
+                frame.pts, frame.time_base = pts[f], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def write_audio(path: Path, seconds: float = 0.5) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mp2", rate=44100)
+        samples = int(44100 * seconds)
+        for start in range(0, samples, 1152):
+            tone = (np.sin(np.arange(start, start + 1152) / 20.0) * 3000).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(tone[None, :], format="s16", layout="mono")
+            frame.sample_rate = 44100
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def straight_decode(path: Path) -> np.ndarray:
+    """Every frame, decoded from the start with no seeking: the ground truth (N, H, W, 3)."""
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+# name -> (file name, write_video kwargs); all tiny so the whole set writes in about a second
+GOOD = {
+    "h264_mp4": ("h264.mp4", dict(num_frames=120, gop=10)),
+    "h264_bframes_mkv": ("h264b.mkv", dict(num_frames=60, gop=12, options={"bf": "3"})),
+    "mpeg4_avi": ("mpeg4.avi", dict(num_frames=30, codec="mpeg4", gop=8)),
+    "vp9_webm": (
+        "vp9.webm",
+        dict(num_frames=20, codec="libvpx-vp9", gop=6, options={"deadline": "realtime", "cpu-used": "8"}),
+    ),
+    "mjpeg_avi": ("mjpeg.avi", dict(num_frames=12, codec="mjpeg", pix_fmt="yuvj420p")),
+    "yuv444_mkv": ("yuv444.mkv", dict(num_frames=20, pix_fmt="yuv444p", gop=5)),
+    "gray_ffv1_mkv": ("gray.mkv", dict(num_frames=20, codec="ffv1", pix_fmt="gray")),
+    "10bit_mkv": ("10bit.mkv", dict(num_frames=20, pix_fmt="yuv420p10le", gop=5)),
+    "rgba_png_mov": ("rgba.mov", dict(num_frames=6, codec="png", pix_fmt="rgba")),
+    "argb_qtrle_mov": ("argb.mov", dict(num_frames=6, codec="qtrle", pix_fmt="argb")),
+    "odd_97x61_mkv": ("odd.mkv", dict(num_frames=12, size=(97, 61), pix_fmt="yuv444p", gop=4)),
+    "one_frame_mp4": ("one.mp4", dict(num_frames=1)),
+    "three_frames_mp4": ("three.mp4", dict(num_frames=3)),
+}
+_CACHE: dict[str, dict[str, Path]] = {}
+
+
+def make_videos(root: Path) -> dict[str, Path]:
+    """Write the GOOD set plus rotated and VFR files into root, once per session."""
+    if str(root) in _CACHE:
+        return _CACHE[str(root)]
+    paths = {name: write_video(root / fname, **kw) for name, (fname, kw) in GOOD.items()}
+    paths["rot90_mp4"] = write_video(root / "rot90.mp4", 8, size=(64, 32), rotation=90)
+    paths["rot270_mp4"] = write_video(root / "rot270.mp4", 8, size=(64, 32), rotation=-90)
+    vfr = np.cumsum([0] + [40 if i % 3 else 100 for i in range(1, 30)]).tolist()  # 40 ms and 100 ms gaps
+    paths["vfr_mkv"] = write_video(root / "vfr.mkv", 30, pts=vfr, gop=7)
+    paths["vfr_mp4"] = write_video(root / "vfr.mp4", 30, pts=vfr, gop=7)
+    _CACHE[str(root)] = paths
+    return paths
+
+
+def remux_with_garbage(src: Path, dst: Path, bad_packets: set[int], seed: int = 0) -> Path:
+    """Copy src to dst packet by packet, replacing the payload of packets number `bad_packets`
+    (in file order) with random bytes: a corrupt packet mid-stream in an intact container."""
+    rng = np.random.default_rng(seed)
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        out_stream = out.add_stream_from_template(stream)
+        for i, packet in enumerate(p for p in inp.demux(stream) if p.size):
+            if i in bad_packets:
+                junk = av.Packet(rng.integers(0, 256, packet.size, dtype=np.uint8).tobytes())
+                junk.pts, junk.dts, junk.time_base = packet.pts, packet.dts, packet.time_base
+                junk.is_keyframe = packet.is_keyframe
+                packet = junk
+            packet.stream = out_stream
+            out.mux(packet)
+    return dst
