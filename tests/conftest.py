@@ -12,6 +12,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # also inherited by the subprocesses tests start
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.pop("VMAE_DEBUG", None)
+# The suite checks numerics in fp32 on the CPU, as CI runs it; on a GPU machine `--device auto` would pick
+# CUDA and bf16. CUDA paths are exercised by benchmarks/check_cuda.py instead.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"

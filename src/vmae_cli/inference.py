@@ -13,12 +13,13 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from .clips import Clips, load_clips
 from .errors import UsageError
@@ -143,6 +144,52 @@ def preprocessor_for(model, preprocessor_config: dict | None) -> Preprocessor:
     return Preprocessor.from_dict({"size": {"shortest_edge": min(h, w)}, "crop_size": {"height": h, "width": w}})
 
 
+# ---- loading in workers ------------------------------------------------------------------------------------
+class LoadError(Exception):
+    """A failure that happened in a worker process, carried back with its original type name."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(message)
+        self.type_name = type_name
+
+    def __reduce__(self):  # crosses the process boundary with both fields
+        return (LoadError, (self.type_name, str(self)))
+
+
+@dataclass
+class ClipLoader:
+    """Picklable recipe for one input's views (what worker processes run)."""
+
+    spec: SamplingSpec
+    preprocessor: Preprocessor
+    reader_kwargs: dict
+
+    def load(self, path: str) -> Clips | Exception:
+        try:
+            return load_clips(path, self.spec, self.preprocessor, **self.reader_kwargs)
+        except Exception as e:  # noqa: BLE001 - one input's failure is its result, whatever it is
+            return LoadError(type(e).__name__, str(e))
+
+
+class _PathDataset(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str], loader: ClipLoader):
+        self.paths, self.loader = paths, loader
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return i, self.paths[i], self.loader.load(self.paths[i])
+
+
+def _identity(item):
+    return item
+
+
+def _single_threaded(_worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
 # ---- the engine ------------------------------------------------------------------------------------------
 @dataclass
 class VideoResult:
@@ -201,52 +248,57 @@ class Engine:
             x = x.to(self.device)
         return self.head(x.to(self.dtype)).float().cpu()
 
-    def _load(self, path: str) -> Clips:
-        return load_clips(path, self.spec, self.preprocessor, **self.reader_kwargs)
-
     def run(self, paths: list[str]) -> Iterator[VideoResult]:
         """Yield one VideoResult per path, in the order of `paths`, as soon as each is complete."""
-        lookahead = self.workers * 2 + 1
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="vmae-decode") as pool:
-            todo = iter(enumerate(paths))
-            loading: deque[tuple[int, str, Future]] = deque()
-            waiting: deque[VideoResult] = deque()  # in input order, some still missing model outputs
-            queue: deque[tuple[VideoResult, torch.Tensor]] = deque()  # views not yet through the model
-            queued = 0
+        source = self._loaded(paths)
+        waiting: deque[VideoResult] = deque()  # in input order, some still missing model outputs
+        queue: deque[tuple[VideoResult, torch.Tensor]] = deque()  # views not yet through the model
+        queued, exhausted = 0, False
+        while not exhausted or queue:
+            item = None if exhausted else next(source, None)
+            if item is None:
+                exhausted = True
+            else:
+                index, path, loaded = item
+                result = VideoResult(index, path)
+                if isinstance(loaded, Exception):
+                    result.error = loaded
+                else:
+                    views, loaded.pixel_values = loaded.pixel_values, None
+                    result.clips, result._remaining = loaded, len(views)
+                    for start in range(0, len(views), self.batch_size):
+                        chunk = views[start : start + self.batch_size]
+                        queue.append((result, chunk))
+                        queued += len(chunk)
+                waiting.append(result)
+            while queue and (queued >= self.batch_size or exhausted):
+                queued -= self._run_batch(queue)
+            while waiting and waiting[0]._remaining == 0:
+                done = waiting.popleft()
+                if done.ok:
+                    done.outputs, done._parts = torch.cat(done._parts), []
+                yield done
 
-            def refill() -> None:
-                while len(loading) < lookahead:
-                    item = next(todo, None)
-                    if item is None:
-                        return
-                    loading.append((item[0], item[1], pool.submit(self._load, item[1])))
+    def _loaded(self, paths: list[str]) -> Iterator[tuple[int, str, Clips | Exception]]:
+        """(index, path, clips or the exception) in input order, decoded ahead of the consumer.
 
-            refill()
-            while loading or queue:
-                if loading:
-                    index, path, future = loading.popleft()
-                    refill()
-                    result = VideoResult(index, path)
-                    try:
-                        clips = future.result()
-                    except Exception as e:  # noqa: BLE001 - any failure of one input is that input's result
-                        result.error = e
-                    else:
-                        views = clips.pixel_values
-                        clips.pixel_values = None
-                        result.clips, result._remaining = clips, len(views)
-                        for start in range(0, len(views), self.batch_size):
-                            chunk = views[start : start + self.batch_size]
-                            queue.append((result, chunk))
-                            queued += len(chunk)
-                    waiting.append(result)
-                while queue and (queued >= self.batch_size or not loading):
-                    queued -= self._run_batch(queue)
-                while waiting and waiting[0]._remaining == 0:
-                    done = waiting.popleft()
-                    if done.ok:
-                        done.outputs, done._parts = torch.cat(done._parts), []
-                    yield done
+        Several inputs decode in worker processes (a DataLoader; each worker single-threaded in torch, so
+        they neither contend for the GIL nor oversubscribe the cores); a single input decodes in a thread.
+        """
+        loader = ClipLoader(self.spec, self.preprocessor, self.reader_kwargs)
+        if len(paths) <= 1:
+            yield from ((k, p, loader.load(p)) for k, p in enumerate(paths))
+            return
+        import multiprocessing
+
+        from torch.utils.data import DataLoader
+
+        context = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        yield from DataLoader(
+            _PathDataset(paths, loader), batch_size=None, num_workers=self.workers, collate_fn=_identity,
+            prefetch_factor=2, pin_memory=self.device.type == "cuda", multiprocessing_context=context,
+            worker_init_fn=_single_threaded,
+        )  # fmt: skip
 
     def _run_batch(self, queue: deque[tuple[VideoResult, torch.Tensor]]) -> int:
         """Take up to batch_size views from the queue (splitting a chunk if needed); returns views used."""

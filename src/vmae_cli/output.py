@@ -42,7 +42,8 @@ def print_mapping(data: dict[str, Any], title: str | None = None) -> None:
 # ---- records (classify, embed --format jsonl) --------------------------------------------------------------
 def error_record(path: str, error: BaseException) -> dict:
     message = str(error) or type(error).__name__
-    return {"path": path, "ok": False, "error": {"type": type(error).__name__, "message": message.splitlines()[0]}}
+    kind = getattr(error, "type_name", type(error).__name__)  # errors from worker processes keep their type
+    return {"path": path, "ok": False, "error": {"type": kind, "message": message.splitlines()[0]}}
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1,0 +1,173 @@
+"""End-to-end `vmae classify` and `vmae embed` against transformers, as ratios measured in one run.
+
+    python benchmarks/bench_classify.py [--cache DIR] [--repeats 3] [--embed-preset small] [--device cpu]
+
+1. classify: `vmae classify clip.mp4` as a whole process against a whole process running the transformers
+   `video-classification` pipeline, both on the same ViT-B checkpoint (random weights, saved as an HF folder)
+   and the same 10 s 1080p clip. Target: vmae <= 0.35x the pipeline's time.
+2. embed: `vmae embed` over 50 clips (videos/s) against the model alone on pre-made tensors of the same
+   shape and batch size. Target: >= 90% of model-only throughput (decoding and I/O hidden).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+HF_PIPELINE = """
+import sys
+import av, numpy as np, torch
+from transformers import pipeline
+device = sys.argv[3] if len(sys.argv) > 3 else None
+try:
+    pipe = pipeline("video-classification", model=sys.argv[1], device=device)
+    print(pipe(sys.argv[2], top_k=5)[0])
+except ImportError:  # the pipeline's video-processor path needs torchcodec: run its PyAV image-processor path
+    from transformers import VideoMAEForVideoClassification, VideoMAEImageProcessor
+    model = VideoMAEForVideoClassification.from_pretrained(sys.argv[1]).to(device or "cpu").eval()
+    processor = VideoMAEImageProcessor.from_pretrained(sys.argv[1])
+    n = model.config.num_frames
+    indices = np.linspace(0, n - 1, num=n, dtype=np.int64)
+    container = av.open(sys.argv[2])
+    frames = []
+    for i, frame in enumerate(container.decode(video=0)):
+        if i > indices[-1]:
+            break
+        if i in indices:
+            frames.append(frame.to_ndarray(format="rgb24"))
+    inputs = processor(list(np.stack(frames)), return_tensors="pt").to(device or "cpu")
+    with torch.no_grad():
+        print(model(**inputs).logits.softmax(-1)[0].topk(5))
+"""
+
+
+def write_clip(path: Path, seconds: int, size: tuple[int, int], rate: int = 25, gop: int = 50) -> Path:
+    """A moving-gradient clip (compressible like real footage, not noise)."""
+    if path.exists():
+        return path
+    w, h = size
+    tmp = path.with_suffix(".tmp.mp4")
+    yy, xx = np.mgrid[0:h, 0:w]
+    with av.open(str(tmp), "w") as out:
+        stream = out.add_stream("libx264", rate=rate, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.gop_size = gop
+        for f in range(seconds * rate):
+            img = np.stack([(xx + 3 * f) % 256, (yy + 2 * f) % 256, (xx + yy + f) % 256], -1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.rename(path)
+    return path
+
+
+def build_model(folder: Path, preset: str, labels: int = 400) -> Path:
+    from vmae_cli import VideoMAEConfig, VideoMAEForVideoClassification
+    from vmae_cli.preprocess import Preprocessor
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    config = VideoMAEConfig.from_preset(preset).replace(
+        use_mean_pooling=True, id2label={i: f"class {i}" for i in range(labels)}
+    )
+    size = config.image_hw[0]
+    pre = Preprocessor.from_dict({"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size},
+                                  "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]})  # fmt: skip
+    VideoMAEForVideoClassification(config).save_pretrained(folder, preprocessor=pre)
+    return folder
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode not in (0,):
+        raise SystemExit(f"command failed ({result.returncode}): {' '.join(cmd)}\n{result.stderr[-2000:]}")
+    return elapsed
+
+
+def bench_classify(cache: Path, repeats: int, device: str) -> None:
+    clip = write_clip(cache / "clip_1080p_10s.mp4", 10, (1920, 1080))
+    model = build_model(cache / "vit-b-random", "base")
+    vmae = [sys.executable, "-m", "vmae_cli", "classify", str(clip), "--model", str(model), "--json",
+            "--device", device]  # fmt: skip
+    hf = [sys.executable, "-c", HF_PIPELINE, str(model), str(clip)] + ([device] if device != "cpu" else [])
+    timed(vmae), timed(hf)  # warm the page cache and imports once
+    ours = [timed(vmae) for _ in range(repeats)]
+    theirs = [timed(hf) for _ in range(repeats)]
+    o, t = statistics.median(ours), statistics.median(theirs)
+    print(f"classify, whole process, ViT-B, 10 s 1080p clip ({device}):")
+    print(f"  vmae {o:.2f} s  transformers pipeline {t:.2f} s  ratio {o / t:.2f}x  (target <= 0.35x)")
+    print(f"  runs: vmae {[round(x, 2) for x in ours]}  pipeline {[round(x, 2) for x in theirs]}")
+
+
+def bench_embed(cache: Path, preset: str, n: int, batch: int, device: str, workers: int) -> None:
+    import torch
+
+    from vmae_cli import VideoMAEForVideoClassification
+    from vmae_cli.inference import resolve_device
+
+    folder = cache / "clips_360p"
+    folder.mkdir(exist_ok=True)
+    base = write_clip(cache / "clip_360p_4s.mp4", 4, (640, 360))
+    for k in range(n):  # 50 inputs; hard links: the decoder still does all the work each time
+        target = folder / f"c{k:03d}.mp4"
+        if not target.exists():
+            target.hardlink_to(base)
+    model_dir = build_model(cache / f"vit-{preset}-random", preset)
+    out = cache / "feats.npy"
+    cmd = [sys.executable, "-m", "vmae_cli", "embed", str(folder), "--model", str(model_dir), "--out", str(out),
+           "--batch-size", str(batch), "--device", device, "--dtype", "fp32", "--workers", str(workers),
+           "--quiet"]  # fmt: skip
+    # Time the run without process start-up and model loading: one input first, then all of them.
+    one = timed(cmd[:4] + [str(folder / "c000.mp4")] + cmd[5:])
+    full = timed(cmd)
+    per_video = (full - one) / (n - 1)
+
+    dev = resolve_device(device)
+    net = VideoMAEForVideoClassification.from_pretrained(model_dir, device=dev)
+    h, w = net.config.image_hw
+    x = torch.randn(batch, net.config.num_frames, 3, h, w, device=dev)
+    with torch.inference_mode():
+        net.features(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(max(1, n // batch)):
+            net.features(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        model_only = (time.perf_counter() - start) / (max(1, n // batch) * batch)
+    print(f"embed, {n} clips of 640x360, ViT-{preset}, batch {batch} ({device}):")
+    print(f"  vmae {1 / per_video:.2f} videos/s  model alone {1 / model_only:.2f} videos/s  "
+          f"-> {model_only / per_video:.0%} of model-only throughput (target >= 90%)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path(".cache/bench"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--embed-preset", default="small")
+    parser.add_argument("--embed-clips", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", choices=["classify", "embed"])
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.only in (None, "classify"):
+        bench_classify(args.cache, args.repeats, args.device)
+    if args.only in (None, "embed"):
+        bench_embed(args.cache, args.embed_preset, args.embed_clips, args.batch_size, args.device, args.workers)
+
+
+if __name__ == "__main__":
+    main()
