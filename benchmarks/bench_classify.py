@@ -166,7 +166,9 @@ def main() -> None:
     if args.only in (None, "classify"):
         bench_classify(args.cache, args.repeats, args.device)
     if args.only in (None, "embed"):
-        bench_embed(args.cache, args.embed_preset, args.embed_clips, args.batch_size, args.device, args.workers)
+        bench_embed(
+            args.cache, args.embed_preset, args.embed_clips, args.batch_size, args.device, args.workers
+        )
 
 
 if __name__ == "__main__":

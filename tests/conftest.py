@@ -38,5 +38,10 @@ def run_vmae(*args: str, input: str | None = None, env: dict | None = None, time
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "vmae_cli", *args],
-        input=input, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
     )

@@ -25,7 +25,11 @@ def _x(config, batch=1):
 
 def test_saved_folder_has_hf_layout_and_on_disk_names(tmp_path):
     tiny_classifier(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     keys = set(load_file(tmp_path / "model.safetensors"))
     assert "videomae.encoder.layer.0.attention.attention.q_bias" in keys
     assert "videomae.encoder.layer.0.attention.attention.v_bias" in keys
@@ -56,13 +60,16 @@ def test_pretraining_checkpoint_as_classifier_gets_new_head_with_warning(tmp_pat
     assert model.classifier.weight.shape == (2, 64)
     assert torch.isfinite(model(_x(model.config)).logits).all()
     encoder = VideoMAEForPreTraining.from_pretrained(tmp_path).videomae
-    torch.testing.assert_close(model.videomae.encoder.layer[1].output.dense.weight,
-                               encoder.encoder.layer[1].output.dense.weight)
+    torch.testing.assert_close(
+        model.videomae.encoder.layer[1].output.dense.weight, encoder.encoder.layer[1].output.dense.weight
+    )
 
 
 def test_new_label_count_needs_ignore_mismatched_sizes(tmp_path):
     tiny_classifier(tmp_path)
-    with pytest.raises(CheckpointError, match=r"classifier.weight: \(3, 64\) in the file, \(5, 64\) in the model"):
+    with pytest.raises(
+        CheckpointError, match=r"classifier.weight: \(3, 64\) in the file, \(5, 64\) in the model"
+    ):
         VideoMAEForVideoClassification.from_pretrained(tmp_path, id2label=dict(enumerate("abcde")))
     model = VideoMAEForVideoClassification.from_pretrained(
         tmp_path, id2label=dict(enumerate("abcde")), ignore_mismatched_sizes=True
@@ -105,8 +112,10 @@ def test_sharded_safetensors_with_index(tmp_path):
     reference = VideoMAEForVideoClassification.from_pretrained(src)
     state = load_file(src / "model.safetensors")
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     dst.mkdir()
     shutil.copy(src / "config.json", dst)
     for name, names in shards.items():
@@ -153,7 +162,9 @@ def test_damaged_safetensors_is_a_clear_error(tmp_path, damage):
     tiny_classifier(tmp_path)
     path = tmp_path / "model.safetensors"
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00garbage" * 10, "empty": b""}[damage])
+    path.write_bytes(
+        {"truncate": data[: len(data) // 2], "garbage": b"\x00garbage" * 10, "empty": b""}[damage]
+    )
     with pytest.raises(CheckpointError, match="damaged or truncated safetensors file.*save the model again"):
         VideoMAEForVideoClassification.from_pretrained(tmp_path)
 
@@ -181,7 +192,11 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
 def test_pixel_values_of_the_wrong_shape_name_the_expected_one(tmp_path):
     model = VideoMAEForVideoClassification(tiny_config(id2label={0: "a"}))
     for bad in [(1, 6, 3, 32, 32), (1, 4, 3, 32, 40), (1, 4, 3, 24, 32), (1, 4, 1, 32, 32), (4, 3, 32, 32)]:
-        with pytest.raises(ShapeError, match=r"must have shape \(batch, 4, 3, 32, 32\).*got " + str(bad).replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(
+            ShapeError,
+            match=r"must have shape \(batch, 4, 3, 32, 32\).*got "
+            + str(bad).replace("(", r"\(").replace(")", r"\)"),
+        ):
             model(torch.zeros(bad))
 
 
@@ -216,15 +231,25 @@ def test_hub_id_resolves_from_offline_cache_with_revisions(tmp_path, isolated_hf
     _fake_hub_cache(isolated_hf_cache, "acme/videomae-tiny", tmp_path / "v1", "main", "1" * 40)
     _fake_hub_cache(isolated_hf_cache, "acme/videomae-tiny", tmp_path / "v2", "v2", "2" * 40)
     assert VideoMAEForVideoClassification.from_pretrained("acme/videomae-tiny").config.num_labels == 2
-    assert VideoMAEForVideoClassification.from_pretrained("acme/videomae-tiny", revision="v2").config.num_labels == 4
-    assert VideoMAEForVideoClassification.from_pretrained("acme/videomae-tiny", revision="2" * 40).config.num_labels == 4
+    assert (
+        VideoMAEForVideoClassification.from_pretrained("acme/videomae-tiny", revision="v2").config.num_labels
+        == 4
+    )
+    assert (
+        VideoMAEForVideoClassification.from_pretrained(
+            "acme/videomae-tiny", revision="2" * 40
+        ).config.num_labels
+        == 4
+    )
     found = resolve("acme/videomae-tiny")
     assert found.preprocessor_path is not None and found.weights[0].name == "model.safetensors"
     assert VideoMAEConfig.from_pretrained("acme/videomae-tiny", revision="v2").num_labels == 4
 
 
 def test_hub_id_not_cached_offline_says_how_to_get_it(isolated_hf_cache):
-    with pytest.raises(CheckpointError, match=r"not in the local Hugging Face cache.*HF_HUB_OFFLINE.*hf download acme/absent"):
+    with pytest.raises(
+        CheckpointError, match=r"not in the local Hugging Face cache.*HF_HUB_OFFLINE.*hf download acme/absent"
+    ):
         VideoMAEModel.from_pretrained("acme/absent")
 
 

@@ -144,7 +144,9 @@ def test_resume_keeps_finished_records_and_retries_failures(capsys, tmp_path, co
     kept = {"path": paths[0], "ok": True, "predictions": [{"label": "FROM-EARLIER-RUN", "index": 0, "score": 1.0}],
             "views": 1, "frames": [[0, 1, 2, 3]]}  # fmt: skip
     failed = {"path": paths[2], "ok": False, "error": {"type": "X", "message": "transient"}}
-    (tmp_path / "preds.jsonl.partial").write_text(json.dumps(kept) + "\n" + json.dumps(failed) + '\n{"path": "torn')
+    (tmp_path / "preds.jsonl.partial").write_text(
+        json.dumps(kept) + "\n" + json.dumps(failed) + '\n{"path": "torn'
+    )
     code, _, _ = vmae(capsys, "classify", corpus, "--model", classifier, "--out", out, "--resume")
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["path"] for r in records] == paths
@@ -206,7 +208,11 @@ def test_offline_model_not_cached_is_one_line(corpus):
     result = run_vmae("classify", str(corpus / "v0.mp4"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "MCG-NJU/videomae-base-finetuned-kinetics" in lines[0] and "hf download" in lines[0]
+    assert (
+        len(lines) == 1
+        and "MCG-NJU/videomae-base-finetuned-kinetics" in lines[0]
+        and "hf download" in lines[0]
+    )
 
 
 def test_classify_needs_a_classifier(capsys, tmp_path, corpus):
@@ -239,7 +245,11 @@ def test_embed_npy_rows_match_paths_and_failures_are_listed(capsys, tmp_path, co
     assert [os.path.basename(e["path"]) for e in errors] == ["broken.mp4"]
     for row, path in zip(feats, paths, strict=True):
         np.testing.assert_allclose(row, _reference_features(path, classifier), atol=1e-5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.errors.jsonl", "feats.npy", "feats.paths.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "feats.errors.jsonl",
+        "feats.npy",
+        "feats.paths.txt",
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["npz", "safetensors", "jsonl"])
@@ -274,7 +284,9 @@ def test_embed_pooling_modes_and_pretraining_checkpoint(capsys, tmp_path, corpus
     tokens = np.load(tmp_path / "all.npy")
     assert tokens.shape == (1, 32 * 64)  # every token of the 2x4x4 grid, 64 wide
     mean = np.load(tmp_path / "mean.npy")
-    np.testing.assert_allclose(mean[0], tokens.reshape(32, 64).mean(0), atol=1e-5)  # mean of the encoder's tokens
+    np.testing.assert_allclose(
+        mean[0], tokens.reshape(32, 64).mean(0), atol=1e-5
+    )  # mean of the encoder's tokens
     assert VideoMAEModel.from_pretrained(pre).layernorm is not None  # pre-training encoders end with a norm
 
 

@@ -12,10 +12,26 @@ from vmae_cli.errors import ConfigError
 from vmae_cli.model import count_parameters
 
 HF_FIELDS = [
-    "image_size", "patch_size", "num_channels", "num_frames", "tubelet_size", "hidden_size", "num_hidden_layers",
-    "num_attention_heads", "intermediate_size", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
-    "initializer_range", "layer_norm_eps", "use_mean_pooling", "decoder_num_attention_heads", "decoder_hidden_size",
-    "decoder_num_hidden_layers", "decoder_intermediate_size", "norm_pix_loss",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "num_frames",
+    "tubelet_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "initializer_range",
+    "layer_norm_eps",
+    "use_mean_pooling",
+    "decoder_num_attention_heads",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "decoder_intermediate_size",
+    "norm_pix_loss",
 ]
 
 
@@ -34,10 +50,17 @@ def test_both_bias_spellings_are_read(key):
 
 def test_hub_style_config_round_trips_and_keeps_unknown_fields(tmp_path):
     hub = {  # a 4.x-era file, as on the Hub
-        "_name_or_path": "/tmp/x", "architectures": ["VideoMAEForVideoClassification"], "qkv_bias": False,
-        "torch_dtype": "float32", "transformers_version": "4.22.0.dev0", "model_type": "videomae",
-        "id2label": {"0": "abseiling", "1": "air drumming"}, "label2id": {"abseiling": 0, "air drumming": 1},
-        "image_size": [160, 224], "patch_size": 16, "problem_type": "single_label_classification",
+        "_name_or_path": "/tmp/x",
+        "architectures": ["VideoMAEForVideoClassification"],
+        "qkv_bias": False,
+        "torch_dtype": "float32",
+        "transformers_version": "4.22.0.dev0",
+        "model_type": "videomae",
+        "id2label": {"0": "abseiling", "1": "air drumming"},
+        "label2id": {"abseiling": 0, "air drumming": 1},
+        "image_size": [160, 224],
+        "patch_size": 16,
+        "problem_type": "single_label_classification",
         "custom_field": {"nested": [1, 2]},
     }
     config = VideoMAEConfig.from_dict(hub)
@@ -51,18 +74,34 @@ def test_hub_style_config_round_trips_and_keeps_unknown_fields(tmp_path):
     assert written["label2id"] == {"abseiling": 0, "air drumming": 1}
     assert VideoMAEConfig.from_json_file(tmp_path / "config.json") == config
     theirs = transformers.VideoMAEConfig.from_pretrained(tmp_path)
-    assert theirs.qv_bias is False and theirs.num_labels == 2 and theirs.problem_type == "single_label_classification"
+    assert (
+        theirs.qv_bias is False
+        and theirs.num_labels == 2
+        and theirs.problem_type == "single_label_classification"
+    )
     for name in HF_FIELDS:
         value = getattr(theirs, name)
         assert (list(value) if isinstance(value, tuple) else value) == written[name], name
 
 
 def test_transformers_written_config_is_read(tmp_path):
-    theirs = transformers.VideoMAEConfig(hidden_size=96, num_attention_heads=3, qv_bias=False, use_mean_pooling=False,
-                                         id2label={0: "x"}, patch_size=8, image_size=64)
+    theirs = transformers.VideoMAEConfig(
+        hidden_size=96,
+        num_attention_heads=3,
+        qv_bias=False,
+        use_mean_pooling=False,
+        id2label={0: "x"},
+        patch_size=8,
+        image_size=64,
+    )
     theirs.save_pretrained(tmp_path)
     ours = VideoMAEConfig.from_json_file(tmp_path / "config.json")
-    assert (ours.hidden_size, ours.num_attention_heads, ours.qkv_bias, ours.use_mean_pooling) == (96, 3, False, False)
+    assert (ours.hidden_size, ours.num_attention_heads, ours.qkv_bias, ours.use_mean_pooling) == (
+        96,
+        3,
+        False,
+        False,
+    )
     assert ours.id2label == {0: "x"} and ours.num_patches == 8 * 8 * 8
 
 
@@ -95,7 +134,9 @@ def test_presets_have_the_published_shapes(name):
     if name in ("small", "base"):  # transformers builds the same architecture (slowly for L/H)
         with torch.device("meta"):
             hf_pre = transformers.VideoMAEForPreTraining(transformers.VideoMAEConfig(**config.to_dict()))
-        assert count_parameters(config, "VideoMAEForPreTraining") == sum(p.numel() for p in hf_pre.parameters())
+        assert count_parameters(config, "VideoMAEForPreTraining") == sum(
+            p.numel() for p in hf_pre.parameters()
+        )
     D, L, I = config.hidden_size, config.num_hidden_layers, config.intermediate_size  # noqa: E741
     per_layer = 4 * D * D + 2 * D + D + 2 * D * I + I + D + 4 * D  # q,k,v,o + q/v bias + o bias + mlp + 2 LNs
     encoder = 3 * 2 * 16 * 16 * D + D + L * per_layer + 2 * D  # tubelet embedding, layers, final LN

@@ -84,7 +84,9 @@ def _resolve_folder(folder: Path, source: str, weights: bool) -> ResolvedModel:
                 files = _expand_index(folder / name) if name.endswith(".json") else [folder / name]
                 break
         else:
-            raise CheckpointError(f"{folder}: no weights ({SAFE_WEIGHTS} or {PT_WEIGHTS}) beside {CONFIG_NAME}")
+            raise CheckpointError(
+                f"{folder}: no weights ({SAFE_WEIGHTS} or {PT_WEIGHTS}) beside {CONFIG_NAME}"
+            )
     pre = folder / PREPROCESSOR_NAME
     return ResolvedModel(source, folder, config, files, pre if pre.is_file() else None)
 
@@ -129,7 +131,9 @@ def _resolve_hub(repo_id: str, revision: str | None, weights: bool) -> ResolvedM
     try:
         config = fetch(CONFIG_NAME)
     except GatedRepoError:
-        raise CheckpointError(f"{where}: gated model; accept its terms on the Hub and log in (`hf auth login`)") from None
+        raise CheckpointError(
+            f"{where}: gated model; accept its terms on the Hub and log in (`hf auth login`)"
+        ) from None
     except RepositoryNotFoundError:
         raise CheckpointError(
             f"{where}: not a local folder, and no such model on the Hugging Face Hub (check the name, or log in "
@@ -140,9 +144,13 @@ def _resolve_hub(repo_id: str, revision: str | None, weights: bool) -> ResolvedM
     except LocalEntryNotFoundError:
         raise CheckpointError(f"{where}: not a local folder, and {offline_hint}") from None
     except EntryNotFoundError:
-        raise CheckpointError(f"{where}: the Hub repository has no {CONFIG_NAME}; is it a VideoMAE model?") from None
+        raise CheckpointError(
+            f"{where}: the Hub repository has no {CONFIG_NAME}; is it a VideoMAE model?"
+        ) from None
     except HfHubHTTPError as e:
-        raise CheckpointError(f"{where}: the Hub answered an error ({e.__class__.__name__}); try again later") from None
+        raise CheckpointError(
+            f"{where}: the Hub answered an error ({e.__class__.__name__}); try again later"
+        ) from None
 
     files: list[Path] = []
     missing_locally = False
@@ -238,7 +246,9 @@ def _short(keys: list[str], n: int = 6) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def match_state_dict(model, state: dict[str, Any], source: str, ignore_mismatched_sizes: bool = False) -> dict:
+def match_state_dict(
+    model, state: dict[str, Any], source: str, ignore_mismatched_sizes: bool = False
+) -> dict:
     """Fit a checkpoint's keys to `model`, allowing only the head swaps transformers allows.
 
     Returns the state dict to load; the keys of `model` it lacks are heads to initialise (a warning says so).
@@ -272,13 +282,19 @@ def match_state_dict(model, state: dict[str, Any], source: str, ignore_mismatche
         allowed_missing += ("classifier.",)
         mismatched = []
     if mismatched:
-        detail = "; ".join(f"{k}: {tuple(state[k].shape)} in the file, {expected[k]} in the model" for k in mismatched[:4])
-        raise CheckpointError(f"{source}: weights do not fit the config ({detail}); is config.json from this model?")
+        detail = "; ".join(
+            f"{k}: {tuple(state[k].shape)} in the file, {expected[k]} in the model" for k in mismatched[:4]
+        )
+        raise CheckpointError(
+            f"{source}: weights do not fit the config ({detail}); is config.json from this model?"
+        )
 
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     bad_missing = [k for k in missing if not k.startswith(allowed_missing)] if allowed_missing else missing
-    bad_unexpected = [k for k in unexpected if not k.startswith(allowed_unexpected)] if allowed_unexpected else unexpected
+    bad_unexpected = (
+        [k for k in unexpected if not k.startswith(allowed_unexpected)] if allowed_unexpected else unexpected
+    )
     if bad_missing or bad_unexpected:
         parts = []
         if bad_missing:
@@ -294,7 +310,9 @@ def match_state_dict(model, state: dict[str, Any], source: str, ignore_mismatche
     if missing:
         log.warning(
             "%s: new %s head initialised randomly (%s); fine-tune it before trusting its outputs",
-            source, type(model).__name__, _short(missing, 4),
+            source,
+            type(model).__name__,
+            _short(missing, 4),
         )
     if dropped:
         log.info("%s: kept the encoder, ignored %d head key(s)", source, len(dropped))
@@ -362,7 +380,9 @@ class PretrainedMixin:
         with atomic_path(folder / SAFE_WEIGHTS) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt"})
         dtype = next(iter(state.values())).dtype
-        config = self.config.replace(architectures=[type(self).__name__], dtype=str(dtype).removeprefix("torch."))
+        config = self.config.replace(
+            architectures=[type(self).__name__], dtype=str(dtype).removeprefix("torch.")
+        )
         config.save_pretrained(folder)
         pre = preprocessor if preprocessor is not None else self.preprocessor_config
         if pre is not None:
@@ -378,8 +398,14 @@ def _as_dtype(dtype) -> torch.dtype:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
     return names[dtype]

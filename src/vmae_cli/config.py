@@ -50,7 +50,9 @@ class VideoMAEConfig:
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12  # transformers' default; the original code used 1e-6
     qkv_bias: bool = True  # query and value biases; the key never has one. transformers 5.x calls it qv_bias
-    use_mean_pooling: bool = True  # False: the classifier reads layernorm(tokens)[:, 0] (there is no CLS token)
+    use_mean_pooling: bool = (
+        True  # False: the classifier reads layernorm(tokens)[:, 0] (there is no CLS token)
+    )
     decoder_num_attention_heads: int = 6
     decoder_hidden_size: int = 384
     decoder_num_hidden_layers: int = 4
@@ -111,7 +113,9 @@ class VideoMAEConfig:
         if h % ph or w % pw:
             problems.append(f"image_size {h}x{w} is not a multiple of patch_size {ph}x{pw}")
         if self.num_frames % self.tubelet_size:
-            problems.append(f"num_frames {self.num_frames} is not a multiple of tubelet_size {self.tubelet_size}")
+            problems.append(
+                f"num_frames {self.num_frames} is not a multiple of tubelet_size {self.tubelet_size}"
+            )
         if self.hidden_size % self.num_attention_heads:
             problems.append(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"

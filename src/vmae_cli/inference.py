@@ -103,7 +103,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and "AVX512" in torch.backends.cpu.get_cpu_capability()
+        return (
+            bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and "AVX512" in torch.backends.cpu.get_cpu_capability()
+        )
     except (AttributeError, RuntimeError):
         return False
 
@@ -141,7 +144,9 @@ def preprocessor_for(model, preprocessor_config: dict | None) -> Preprocessor:
         return Preprocessor.from_dict(preprocessor_config)
     h, w = model.config.image_hw
     log.warning("model has no preprocessor_config.json; using transformers' defaults (mean/std 0.5)")
-    return Preprocessor.from_dict({"size": {"shortest_edge": min(h, w)}, "crop_size": {"height": h, "width": w}})
+    return Preprocessor.from_dict(
+        {"size": {"shortest_edge": min(h, w)}, "crop_size": {"height": h, "width": w}}
+    )
 
 
 # ---- loading in workers ------------------------------------------------------------------------------------
@@ -342,6 +347,7 @@ class Engine:
                 parts = []
                 group = max(1, self.batch_size // self.spec.crops)
                 with ThreadPoolExecutor(1, thread_name_prefix="vmae-decode") as pool:
+
                     def decode(rows: np.ndarray) -> torch.Tensor:  # (k, T) indices -> (k*crops, T, 3, S, S)
                         flat = reader.get_frames(rows.reshape(-1))
                         frames = flat.reshape(*rows.shape, *flat.shape[1:])
@@ -356,9 +362,13 @@ class Engine:
                         parts.append(self.forward(views))
                 result.outputs = torch.cat(parts)
                 result.segments = segments
-                result.clips = Clips(path, np.repeat(indices, self.spec.crops, 0),
-                                     np.repeat(ts[indices], self.spec.crops, 0), len(ts), reader.fps)
+                result.clips = Clips(
+                    path,
+                    np.repeat(indices, self.spec.crops, 0),
+                    np.repeat(ts[indices], self.spec.crops, 0),
+                    len(ts),
+                    reader.fps,
+                )
         except Exception as e:  # noqa: BLE001 - one input's failure is its result
             result.error = e
         return result
-

@@ -115,7 +115,9 @@ class SelfAttention(nn.Module):
         q = F.linear(x, self.query.weight, self.q_bias)
         k = F.linear(x, self.key.weight)
         v = F.linear(x, self.value.weight, self.v_bias)
-        q, k, v = (t.view(B, N, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, h, N, hd)
+        q, k, v = (
+            t.view(B, N, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v)
+        )  # (B, h, N, hd)
         dropout = self.attn_dropout if self.training else 0.0
         scale = self.head_dim**-0.5
         if self.implementation == "sdpa" and not need_weights:
@@ -209,7 +211,9 @@ class Embeddings(nn.Module):
         super().__init__()
         self.patch_embeddings = PatchEmbeddings(cfg)
         # Fixed, never saved (as in every VideoMAE checkpoint); a buffer so that .to(device) moves it.
-        self.register_buffer("position_embeddings", sinusoid_table(cfg.num_patches, cfg.hidden_size), persistent=False)
+        self.register_buffer(
+            "position_embeddings", sinusoid_table(cfg.num_patches, cfg.hidden_size), persistent=False
+        )
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> torch.Tensor:
         x = self.patch_embeddings(pixel_values)
@@ -226,7 +230,9 @@ class VideoMAEPreTrainedModel(PretrainedMixin, nn.Module):
     config: VideoMAEConfig
 
     def init_weights(self) -> None:
-        if next(self.parameters()).is_meta:  # built to be loaded into (from_pretrained): nothing to initialise
+        if next(
+            self.parameters()
+        ).is_meta:  # built to be loaded into (from_pretrained): nothing to initialise
             return
         for module in self.modules():
             self._init_module(module)
@@ -252,7 +258,9 @@ class VideoMAEPreTrainedModel(PretrainedMixin, nn.Module):
             if isinstance(module, Embeddings):
                 module.position_embeddings = sinusoid_table(self.config.num_patches, self.config.hidden_size)
             elif isinstance(module, VideoMAEForPreTraining):
-                module.position_embeddings = sinusoid_table(self.config.num_patches, self.config.decoder_hidden_size)
+                module.position_embeddings = sinusoid_table(
+                    self.config.num_patches, self.config.decoder_hidden_size
+                )
 
     def set_attn_implementation(self, name: str) -> None:
         """'sdpa' (fused `scaled_dot_product_attention`, the default) or 'eager' (explicit softmax)."""
@@ -295,7 +303,9 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
         if init:  # a head model initialises everything once, itself included
             self.init_weights()
 
-    def check_inputs(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> torch.Tensor | None:
+    def check_inputs(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None
+    ) -> torch.Tensor | None:
         cfg = self.config
         (h, w), c, t = cfg.image_hw, cfg.num_channels, cfg.num_frames
         if pixel_values.ndim != 5 or tuple(pixel_values.shape[1:]) != (t, c, h, w):
@@ -309,7 +319,9 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
         if bool_masked_pos.ndim == 1:
             bool_masked_pos = bool_masked_pos.unsqueeze(0)
         if bool_masked_pos.shape[-1] != N or bool_masked_pos.shape[0] not in (1, B):
-            raise ShapeError(f"bool_masked_pos must have shape ({B}, {N}), got {tuple(bool_masked_pos.shape)}")
+            raise ShapeError(
+                f"bool_masked_pos must have shape ({B}, {N}), got {tuple(bool_masked_pos.shape)}"
+            )
         bool_masked_pos = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool).expand(B, N)
         counts = bool_masked_pos.sum(1)
         if B > 1 and bool(counts.min() != counts.max()):
@@ -378,7 +390,9 @@ def unpatchify(patches: torch.Tensor, cfg: VideoMAEConfig) -> torch.Tensor:
     B = patches.shape[0]
     (ph, pw), ts, C = cfg.patch_hw, cfg.tubelet_size, cfg.num_channels
     t, h, w = cfg.grid
-    x = patches.reshape(B, t, h, w, ts, ph, pw, C).permute(0, 1, 4, 7, 2, 5, 3, 6)  # (B, t, ts, C, h, ph, w, pw)
+    x = patches.reshape(B, t, h, w, ts, ph, pw, C).permute(
+        0, 1, 4, 7, 2, 5, 3, 6
+    )  # (B, t, ts, C, h, ph, w, pw)
     return x.reshape(B, t * ts, C, h * ph, w * pw)
 
 
@@ -396,7 +410,9 @@ def pretraining_targets(pixel_values: torch.Tensor, bool_masked_pos: torch.Tenso
         elif cfg.norm_pix_loss:
             frames = pixel_values
         else:
-            raise ShapeError("norm_pix_loss=False needs 3-channel input (it un-normalises with ImageNet stats)")
+            raise ShapeError(
+                "norm_pix_loss=False needs 3-channel input (it un-normalises with ImageNet stats)"
+            )
         B = frames.shape[0]
         patches = patchify(frames, cfg.tubelet_size, cfg.patch_hw)  # (B, N, P, C)
         patches = patches[bool_masked_pos].reshape(B, -1, *patches.shape[2:])  # masked tokens only
@@ -430,7 +446,9 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
         return_dict: bool | None = None,
     ):
         if bool_masked_pos is None:
-            raise ShapeError("VideoMAEForPreTraining needs bool_masked_pos (B, N), True = masked; see vmae_cli.masking")
+            raise ShapeError(
+                "VideoMAEForPreTraining needs bool_masked_pos (B, N), True = masked; see vmae_cli.masking"
+            )
         bool_masked_pos = self.videomae.check_inputs(pixel_values, bool_masked_pos)
         enc = self.videomae(pixel_values, bool_masked_pos, output_attentions, output_hidden_states, True)
         x = self.encoder_to_decoder(enc.last_hidden_state)  # (B, N_visible, Dd)
@@ -454,7 +472,9 @@ class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
         self.config = config
         self.videomae = VideoMAEModel(config, drop_path_rate, init=False)
         D, L = config.hidden_size, config.num_labels
-        self.fc_norm = nn.LayerNorm(D, eps=1e-5) if config.use_mean_pooling else None  # eps 1e-5, as transformers
+        self.fc_norm = (
+            nn.LayerNorm(D, eps=1e-5) if config.use_mean_pooling else None
+        )  # eps 1e-5, as transformers
         self.head_dropout = nn.Dropout(head_dropout)  # no parameters: absent from checkpoints
         self.classifier = nn.Linear(D, L) if L > 0 else nn.Identity()
         self.init_weights()
@@ -473,7 +493,9 @@ class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
         return_dict: bool | None = None,
     ):
         enc = self.videomae(
-            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
             return_dict=True,
         )
         seq = enc.last_hidden_state

@@ -215,7 +215,11 @@ class EmbeddingWriter:
                 else:
                     from safetensors.numpy import save_file
 
-                    save_file({"embeddings": np.ascontiguousarray(data)}, str(tmp), metadata={"paths": json.dumps(ok)})
+                    save_file(
+                        {"embeddings": np.ascontiguousarray(data)},
+                        str(tmp),
+                        metadata={"paths": json.dumps(ok)},
+                    )
         stem = self.out.with_suffix("")
         atomic_write_text(stem.with_name(stem.name + ".paths.txt"), "".join(p + "\n" for p in ok))
         errors = stem.with_name(stem.name + ".errors.jsonl")

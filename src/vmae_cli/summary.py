@@ -14,7 +14,9 @@ def size_name(config: VideoMAEConfig) -> str:
     for name in preset_names():
         p = VideoMAEConfig.from_preset(name)
         if (p.hidden_size, p.num_hidden_layers, p.num_attention_heads) == (
-            config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
         ):
             return name
     return "custom"
@@ -27,8 +29,8 @@ def architecture(config: VideoMAEConfig) -> str:
 
 
 def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
-    from .model import count_parameters
     from .inference import default_sampling
+    from .model import count_parameters
 
     found = resolve(ref, revision)
     config = VideoMAEConfig.from_json_file(found.config_path)

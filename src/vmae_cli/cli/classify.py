@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from .options import (
-    BatchSizeOpt, ClipsOpt, CropsOpt, DeviceOpt, DtypeOpt, FramesOpt, InputsArg, JsonFlag, ModelOpt, OutOpt, QuietOpt,
-    ResumeOpt, RevisionOpt, SamplingOpt, ShardOpt, StrideOpt, ThreadsOpt, WorkersOpt,
+    BatchSizeOpt,
+    ClipsOpt,
+    CropsOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FramesOpt,
+    InputsArg,
+    JsonFlag,
+    ModelOpt,
+    OutOpt,
+    QuietOpt,
+    ResumeOpt,
+    RevisionOpt,
+    SamplingOpt,
+    ShardOpt,
+    StrideOpt,
+    ThreadsOpt,
+    WorkersOpt,
 )  # fmt: skip
 
 DEFAULT_MODEL = "MCG-NJU/videomae-base-finetuned-kinetics"
@@ -25,14 +40,20 @@ def classify(
     out: OutOpt = None,
     resume: ResumeOpt = False,
     shard: ShardOpt = None,
-    timeline: Annotated[bool, typer.Option("--timeline", help="Labels for consecutive windows of each video.")] = False,
+    timeline: Annotated[
+        bool, typer.Option("--timeline", help="Labels for consecutive windows of each video.")
+    ] = False,
     window: Annotated[
-        float | None, typer.Option("--window", min=0.01, help="Timeline window in seconds (default: one clip).",
-                                   show_default=False)
+        float | None,
+        typer.Option(
+            "--window", min=0.01, help="Timeline window in seconds (default: one clip).", show_default=False
+        ),
     ] = None,  # fmt: skip
     hop: Annotated[
-        float | None, typer.Option("--hop", min=0.01, help="Timeline step in seconds (default: the window).",
-                                   show_default=False)
+        float | None,
+        typer.Option(
+            "--hop", min=0.01, help="Timeline step in seconds (default: the window).", show_default=False
+        ),
     ] = None,  # fmt: skip
     frames: FramesOpt = None,
     stride: StrideOpt = None,

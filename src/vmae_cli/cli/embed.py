@@ -9,8 +9,22 @@ from typing import Annotated
 import typer
 
 from .options import (
-    BatchSizeOpt, ClipsOpt, CropsOpt, DeviceOpt, DtypeOpt, FramesOpt, InputsArg, ModelOpt, QuietOpt, ResumeOpt,
-    RevisionOpt, SamplingOpt, ShardOpt, StrideOpt, ThreadsOpt, WorkersOpt,
+    BatchSizeOpt,
+    ClipsOpt,
+    CropsOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FramesOpt,
+    InputsArg,
+    ModelOpt,
+    QuietOpt,
+    ResumeOpt,
+    RevisionOpt,
+    SamplingOpt,
+    ShardOpt,
+    StrideOpt,
+    ThreadsOpt,
+    WorkersOpt,
 )  # fmt: skip
 
 FORMATS = ("npy", "npz", "safetensors", "jsonl")
@@ -19,18 +33,32 @@ FORMATS = ("npy", "npz", "safetensors", "jsonl")
 def embed(
     inputs: InputsArg,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output file: feats.npy (+ feats.paths.txt), .npz, .safetensors, "
-                           ".jsonl.", dir_okay=False, show_default=False)
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output file: feats.npy (+ feats.paths.txt), .npz, .safetensors, .jsonl.",
+            dir_okay=False,
+            show_default=False,
+        ),
     ],  # fmt: skip
     model: ModelOpt = "MCG-NJU/videomae-base-finetuned-kinetics",
     revision: RevisionOpt = None,
     pool: Annotated[
-        str, typer.Option("--pool", help="auto (what the classifier head sees; token mean for an encoder), "
-                          "mean, token0, or none (every token).")
+        str,
+        typer.Option(
+            "--pool",
+            help="auto (what the classifier head sees; token mean for an encoder), "
+            "mean, token0, or none (every token).",
+        ),
     ] = "auto",  # fmt: skip
     format_: Annotated[
-        str | None, typer.Option("--format", help="npy, npz, safetensors or jsonl (default: from --out's suffix).",
-                                 show_default=False)
+        str | None,
+        typer.Option(
+            "--format",
+            help="npy, npz, safetensors or jsonl (default: from --out's suffix).",
+            show_default=False,
+        ),
     ] = None,  # fmt: skip
     resume: ResumeOpt = False,
     shard: ShardOpt = None,
@@ -95,5 +123,8 @@ def embed(
         writer.close()
     else:
         rows, failed = writer.close(paths)
-        print(f"wrote {rows} vector(s) to {out}" + (f"; {failed} input(s) failed" if failed else ""), file=sys.stderr)
+        print(
+            f"wrote {rows} vector(s) to {out}" + (f"; {failed} input(s) failed" if failed else ""),
+            file=sys.stderr,
+        )
     return exit_code(failures)

@@ -7,13 +7,11 @@ from .options import JsonFlag, ModelArg, RevisionOpt
 
 def info(model: ModelArg, revision: RevisionOpt = None, json_: JsonFlag = False) -> None:
     """Summarise a model folder or Hub id: size, frames, resolution, labels, parameters, sampling."""
-    from ..summary import model_summary
     from ..output import print_json, print_mapping
+    from ..summary import model_summary
 
     summary = model_summary(model, revision=revision)
     if json_:
         print_json(summary)
     else:
         print_mapping(summary, title=f"vmae info {model}")
-
-

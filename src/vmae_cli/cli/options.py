@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-ModelArg = Annotated[str, typer.Argument(help="Model folder, weight file, or Hugging Face Hub id.", show_default=False)]
+ModelArg = Annotated[
+    str, typer.Argument(help="Model folder, weight file, or Hugging Face Hub id.", show_default=False)
+]
 RevisionOpt = Annotated[
     str | None, typer.Option("--revision", help="Hub revision: branch, tag or commit.", show_default=False)
 ]
@@ -32,24 +34,35 @@ ShardOpt = Annotated[
 ]  # fmt: skip
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Views per model call.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 where fast, else fp32), fp32, bf16 or fp16.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Decoding threads running ahead of the model.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", min=0, help="Torch and decoder threads (0 = automatic).")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto (bf16 where fast, else fp32), fp32, bf16 or fp16.")
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", min=1, help="Decoding threads running ahead of the model.")
+]
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", min=0, help="Torch and decoder threads (0 = automatic).")
+]
 FramesOpt = Annotated[
-    int | None, typer.Option("--frames", min=1, help="Frames per clip (must match the model).", show_default=False)
+    int | None,
+    typer.Option("--frames", min=1, help="Frames per clip (must match the model).", show_default=False),
 ]
 StrideOpt = Annotated[
-    int | None, typer.Option("--stride", min=1, help="Frames between samples in a window.", show_default=False)
+    int | None,
+    typer.Option("--stride", min=1, help="Frames between samples in a window.", show_default=False),
 ]
 SamplingOpt = Annotated[
     str | None,
-    typer.Option("--sampling", help="window (strided clips) or uniform (one frame per segment).", show_default=False),
+    typer.Option(
+        "--sampling", help="window (strided clips) or uniform (one frame per segment).", show_default=False
+    ),
 ]
 ClipsOpt = Annotated[
     int | None, typer.Option("--clips", min=1, help="Clips per video, evenly spaced.", show_default=False)
 ]
 CropsOpt = Annotated[
-    int | None, typer.Option("--crops", min=1, max=3, help="1 (center) or 3 crops per clip.", show_default=False)
+    int | None,
+    typer.Option("--crops", min=1, max=3, help="1 (center) or 3 crops per clip.", show_default=False),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model folder, weight file, or Hub id.")]
