@@ -1,0 +1,71 @@
+"""The `vmae` entry point: help, version, info, and how expected failures look."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from vmae_cli import __version__
+
+from .conftest import REPO, run_vmae
+from .models import tiny_classifier, tiny_pretraining
+
+
+def test_help_does_not_import_torch():
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "vmae_cli", "--help"],
+                            capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert result.returncode == 0 and "classify" in result.stdout and "embed" in result.stdout
+    imported = {
+        line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line
+    }
+    assert "torch" not in imported and "numpy" not in imported
+
+
+def test_version():
+    result = run_vmae("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"vmae {__version__}"
+
+
+def test_info_json_for_a_folder(tmp_path):
+    tiny_classifier(tmp_path / "cls")
+    result = run_vmae("info", str(tmp_path / "cls"), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["architecture"] == "VideoMAEForVideoClassification" and info["size"] == "tiny"
+    assert (info["frames"], info["image_size"], info["num_labels"]) == (4, [32, 32], 3)
+    assert info["parameters"] == 91_779 and info["pooling"] == "mean"
+    assert info["sampling"] == {
+        "mode": "window",
+        "frames": 4,
+        "stride": 4,
+        "clips": 1,
+        "crops": 1,
+        "pad": "repeat_last",
+    }
+    table = run_vmae("info", str(tmp_path / "cls"))
+    assert "VideoMAEForVideoClassification" in table.stdout and "walking, running, jumping" in table.stdout
+
+
+def test_info_for_a_pretraining_checkpoint(tmp_path):
+    tiny_pretraining(tmp_path)
+    info = json.loads(run_vmae("info", str(tmp_path), "--json").stdout)
+    assert (
+        info["architecture"] == "VideoMAEForPreTraining"
+        and info["pooling"] == "token0"
+        and info["num_labels"] == 0
+    )
+
+
+def test_expected_failures_are_one_line_without_traceback(tmp_path):
+    for args in (["info", str(tmp_path / "missing")], ["info", str(tmp_path)], ["info", "acme/not-cached"]):
+        result = run_vmae(*args)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
+    debug = run_vmae("info", str(tmp_path), env={"VMAE_DEBUG": "1"})
+    assert "Traceback" in debug.stderr
+
+
+def test_unknown_command_is_a_usage_error():
+    result = run_vmae("frobnicate")
+    assert result.returncode == 2 and "No such command" in result.stderr
