@@ -59,6 +59,7 @@ class FrameIndex:
     reliable: bool  # False: timestamps missing or repeated, so frames are named by counting
     # True: from the mp4 sample table on a constant-rate grid, checked frame by frame while decoding
     approximate: bool = False
+    dts_shift: int = 0  # pts - dts of the first frame (approximate index: to seek in the dts domain)
 
 
 class VideoReader:
@@ -83,6 +84,7 @@ class VideoReader:
         if os.path.getsize(self.path) == 0:
             raise EmptyVideoError(f"{self.path}: the file is empty (0 bytes); re-copy or re-encode it")
         self._container, self._stream = self._open()
+        self._reformatter = av.video.reformatter.VideoReformatter()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _open(self) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
@@ -214,10 +216,12 @@ class VideoReader:
         n = len(entries)
         if n < 2 or n != self._stream.frames:
             return None
-        table = np.array([(e.timestamp, e.is_keyframe) for e in entries], dtype=np.int64)  # one pass
-        dts, keys = table[:, 0], table[:, 1].astype(bool)
-        step = dts[1] - dts[0]
-        if step <= 0 or np.any(np.diff(dts) != step):
+        # Reading every entry costs ~1 us each in Python (15,000 for ten minutes at 25 fps): check the grid on
+        # 65 evenly spaced entries instead; every decoded frame is checked against it as well.
+        d0 = entries[0].timestamp
+        step = entries[1].timestamp - d0
+        probes = np.unique(np.linspace(0, n - 1, num=min(n, 65)).astype(np.int64))
+        if step <= 0 or any(entries[int(i)].timestamp != d0 + int(i) * step for i in probes):
             return None
         container, stream = self._open()
         try:  # reordering is bounded, so the first pts is among the first few packets
@@ -229,10 +233,8 @@ class VideoReader:
         if not first:
             return None
         pts0 = min(first)
-        shift = pts0 - dts[0]
-        return FrameIndex(
-            pts0 + np.arange(n, dtype=np.int64) * step, dts[keys] + shift, dts[keys], True, True
-        )
+        # Keyframes are left to FFmpeg's own sample-table seek (key_pts None): see _decode_seek.
+        return FrameIndex(pts0 + np.arange(n, dtype=np.int64) * step, None, None, True, True, pts0 - d0)
 
     def _build_index(self) -> FrameIndex:
         deadline = self._deadline()
@@ -307,7 +309,8 @@ class VideoReader:
             rgb = self._to_rgb(frame, size)
             if out is None:
                 out = np.empty((len(idx), *rgb.shape), dtype=np.uint8)
-            out[positions[j]] = rgb
+            for pos in positions[j]:  # plain slice copies: fancy-index assignment is far slower
+                out[pos] = rgb
 
         wanted = np.fromiter(sorted(positions), np.int64)
         decoded = self._decode_seek(index, wanted, sink) if index.reliable else None
@@ -336,10 +339,15 @@ class VideoReader:
         """Seek to the keyframe at or before the first wanted frame; None if the seek was not exact."""
         deadline = self._deadline()
         first_pts = index.pts[wanted[0]]
-        k = int(np.searchsorted(index.key_pts, first_pts, side="right")) - 1
+        if index.key_pts is None:  # sample-table index: FFmpeg finds the keyframe at or before the target
+            target = int(first_pts - index.dts_shift)
+            k = 1 if target > index.pts[0] - index.dts_shift else 0
+        else:
+            k = int(np.searchsorted(index.key_pts, first_pts, side="right")) - 1
+            target = int(index.key_seek[k])
         # Seeking to the first frame is skipped: some demuxers land oddly on negative start timestamps.
         if k > 0:
-            self._container.seek(int(index.key_seek[k]), stream=self._stream, backward=True, any_frame=False)
+            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
         else:
             self._container.close()
             self._container, self._stream = self._open()
@@ -391,11 +399,12 @@ class VideoReader:
         turns = _quarter_turns(frame.rotation) or (
             self.rotation // 90 if "rotate" in self._stream.metadata else 0
         )
+        # One reformatter for the reader: it keeps its swscale context, where to_ndarray builds one per frame.
         if size is None:
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
         else:
             w, h = size if turns % 2 == 0 else size[::-1]  # resize before turning the picture
-            rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
+            rgb = self._reformatter.reformat(frame, format="rgb24", width=w, height=h).to_ndarray()
         return np.rot90(rgb, turns) if turns else rgb
 
     def _deadline(self) -> float | None:
