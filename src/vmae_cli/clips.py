@@ -56,16 +56,21 @@ def load_frames(path, spec: SamplingSpec, *, size: tuple[int, int] | None = None
     return clips
 
 
-def load_clips(path, spec: SamplingSpec, preprocessor: Preprocessor, **reader_kwargs) -> Clips:
+def load_clips(
+    path, spec: SamplingSpec, preprocessor: Preprocessor, *, normalize: bool = True, **reader_kwargs
+) -> Clips:
     """All views of one video as model input, decoded in one pass over the union of indices.
 
+    Args:
+        normalize: False leaves `pixel_values` as resized, cropped uint8, a quarter of the bytes to move
+            between processes and to a GPU; `preprocessor.normalize` finishes them where the model runs.
     Returns:
-        Clips with `pixel_values` float32 (clips * crops, T, 3, S, S) and indices / timestamps
+        Clips with `pixel_values` float32 (or uint8) (clips * crops, T, 3, S, S) and indices / timestamps
         (clips * crops, T), each clip's row repeated for its crops.
     """
     frames, clips = _read(path, spec, None, reader_kwargs)
-    views = [preprocessor.multi_crop(f, spec.crops) for f in frames]  # each (crops, T, 3, S, S)
-    clips.pixel_values = torch.cat(views)
+    views = [preprocessor.resize_crop(f, spec.crops) for f in frames]  # each uint8 (crops, T, 3, S, S)
+    clips.pixel_values = preprocessor.normalize(torch.cat(views)) if normalize else torch.cat(views)
     clips.indices = np.repeat(clips.indices, spec.crops, axis=0)
     clips.timestamps = np.repeat(clips.timestamps, spec.crops, axis=0)
     return clips

@@ -28,7 +28,7 @@ class RunOptions:
     batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
-    workers: int = 2
+    workers: int = 0  # 0: automatic
     threads: int = 0
     frames: int | None = None
     stride: int | None = None

@@ -63,7 +63,7 @@ def classify(
     batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = 0,
     threads: ThreadsOpt = 0,
     quiet: QuietOpt = False,
 ) -> int:

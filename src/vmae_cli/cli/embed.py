@@ -70,7 +70,7 @@ def embed(
     batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = 0,
     threads: ThreadsOpt = 0,
     quiet: QuietOpt = False,
 ) -> int:

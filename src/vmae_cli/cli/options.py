@@ -38,7 +38,8 @@ DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="auto (bf16 where fast, else fp32), fp32, bf16 or fp16.")
 ]
 WorkersOpt = Annotated[
-    int, typer.Option("--workers", min=1, help="Decoding threads running ahead of the model.")
+    int,
+    typer.Option("--workers", min=0, help="Decoding processes running ahead of the model (0 = automatic)."),
 ]
 ThreadsOpt = Annotated[
     int, typer.Option("--threads", min=0, help="Torch and decoder threads (0 = automatic).")
