@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VmaeError
-from . import classify, embed, info
+from . import classify, convert, embed, info
 
 app = typer.Typer(
     name="vmae",
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.command("classify")(classify.classify)
 app.command("embed")(embed.embed)
 app.command("info")(info.info)
+app.command("convert")(convert.convert)
 
 
 def _version(value: bool) -> None:
