@@ -187,7 +187,7 @@ def test_resume_after_kill(tmp_path, corpus, classifier):
     "args, message",
     [
         (["--top-k", "0"], "--top-k"),
-        (["--sampling", "random"], "--sampling must be window or uniform"),
+        (["--sampling", "random"], "must be window or uniform"),
         (["--json", "--jsonl"], "choose one of --json and --jsonl"),
         (["--resume"], "--resume needs --out"),
         (["--frames", "8"], "takes exactly 4 frames"),

@@ -84,8 +84,6 @@ def classify(
         raise typer.BadParameter("--resume needs --out FILE (the output to continue)")
     if (window is not None or hop is not None) and not timeline:
         raise typer.BadParameter("--window and --hop go with --timeline")
-    if sampling not in (None, "window", "uniform"):
-        raise typer.BadParameter(f"--sampling must be window or uniform, got {sampling!r}")
     paths, out = gather_inputs(inputs, shard, out)
     fmt = "json" if json_ else "jsonl" if jsonl else None
     if fmt is None:

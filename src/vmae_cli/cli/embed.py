@@ -88,8 +88,6 @@ def embed(
         raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if pool not in ("auto", "mean", "token0", "none"):
         raise typer.BadParameter(f"--pool must be auto, mean, token0 or none, got {pool!r}")
-    if sampling not in (None, "window", "uniform"):
-        raise typer.BadParameter(f"--sampling must be window or uniform, got {sampling!r}")
     paths, out = gather_inputs(inputs, shard, out)
     if fmt == "jsonl":
         done = set(finished_records(out)) if resume else set()

@@ -52,10 +52,26 @@ StrideOpt = Annotated[
     int | None,
     typer.Option("--stride", min=1, help="Frames between samples in a window.", show_default=False),
 ]
+
+
+def _one_of(*choices: str):
+    """A callback that accepts None or one of `choices` (a usage error, exit 2, otherwise)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"must be {' or '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
 SamplingOpt = Annotated[
     str | None,
     typer.Option(
-        "--sampling", help="window (strided clips) or uniform (one frame per segment).", show_default=False
+        "--sampling",
+        help="window (strided clips) or uniform (one frame per segment).",
+        show_default=False,
+        callback=_one_of("window", "uniform"),
     ),
 ]
 ClipsOpt = Annotated[
