@@ -17,7 +17,7 @@ from .errors import ConfigError
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "videomae"
-PRESETS_DIR = Path(__file__).parent / "presets"
+PRESETS_DIR = Path(__file__).parent / "configs" / "models"  # the repository's configs/, shipped in the package
 
 # Keys that describe a file rather than the model; dropped on read, rewritten on save.
 _VOLATILE = {"transformers_version", "_name_or_path", "model_type", "qv_bias", "qkv_bias"}

@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VmaeError
-from . import classify, convert, embed, info
+from . import classify, convert, embed, info, pretrain
 
 app = typer.Typer(
     name="vmae",
@@ -28,6 +28,7 @@ app.command("classify")(classify.classify)
 app.command("embed")(embed.embed)
 app.command("info")(info.info)
 app.command("convert")(convert.convert)
+app.command("pretrain")(pretrain.pretrain)
 
 
 def _version(value: bool) -> None:

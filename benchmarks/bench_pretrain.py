@@ -1,0 +1,108 @@
+"""Pre-training throughput: vmae's model and optimizer step against transformers' VideoMAEForPreTraining.
+
+    python benchmarks/bench_pretrain.py [--presets tiny base] [--batch 8 2] [--steps 20 3] [--compile]
+
+Both sides train on the same random input tensors with the same tube masks (ratio 0.9) and batch, fp32,
+model compute only (no data loading). transformers runs a plain loop: `torch.optim.AdamW` with its
+defaults, `zero_grad()`. vmae runs what `vmae pretrain` runs: `training.make_optimizer` (fused AdamW)
+and `zero_grad(set_to_none=True)`. Sides alternate, and each figure is the median of the rounds.
+Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from vmae_cli.config import VideoMAEConfig  # noqa: E402
+from vmae_cli.masking import tube_mask  # noqa: E402
+from vmae_cli.model import VideoMAEForPreTraining  # noqa: E402
+from vmae_cli.training import make_optimizer, param_groups  # noqa: E402
+
+
+def build(side: str, config: VideoMAEConfig, compile_: bool):
+    torch.manual_seed(0)
+    if side == "transformers":
+        import transformers
+
+        hf_config = transformers.VideoMAEConfig(**config.to_dict())
+        hf_config._attn_implementation = "sdpa"  # its default where available; said explicitly
+        model = transformers.VideoMAEForPreTraining(hf_config).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+        def step(x, m):
+            loss = model(pixel_values=x, bool_masked_pos=m).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss
+
+        return step
+    model = VideoMAEForPreTraining(config).train()
+    opt = make_optimizer(param_groups(model, 0.05), 1e-4, (0.9, 0.95))
+    net = torch.compile(model) if compile_ else model
+
+    def step(x, m):
+        loss = net(x, m, return_dict=True).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def clips_per_s(step, x, m, steps: int) -> float:
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(x, m)
+    return x.shape[0] * steps / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["tiny", "base"])
+    p.add_argument("--batch", nargs="+", type=int, default=[8, 2], help="batch per preset")
+    p.add_argument("--steps", nargs="+", type=int, default=[30, 2], help="timed steps per round, per preset")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--mask-ratio", type=float, default=0.9)
+    p.add_argument("--compile", action="store_true", help="also time vmae under torch.compile")
+    args = p.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(
+        "| preset | batch | transformers clips/s | vmae clips/s | speed-up |"
+        + (" vmae+compile | speed-up |" if args.compile else "")
+    )
+    print("|---|---|---|---|---|" + ("---|---|" if args.compile else ""))
+    for preset, batch, steps in zip(args.presets, args.batch, args.steps, strict=True):
+        config = VideoMAEConfig.from_preset(preset)
+        g = torch.Generator().manual_seed(0)
+        h, w = config.image_hw
+        x = torch.randn(batch, config.num_frames, config.num_channels, h, w, generator=g)
+        m = tube_mask(config, batch, args.mask_ratio, generator=g)
+        sides = ["transformers", "vmae"] + (["vmae+compile"] if args.compile else [])
+        steppers = {s: build(s.split("+")[0], config, s.endswith("compile")) for s in sides}
+        for s in sides:  # warm up (allocator, lazy init, compilation)
+            for _ in range(2):
+                steppers[s](x, m)
+        rates: dict[str, list[float]] = {s: [] for s in sides}
+        for _ in range(args.rounds):
+            for s in sides:
+                rates[s].append(clips_per_s(steppers[s], x, m, steps))
+        med = {s: statistics.median(r) for s, r in rates.items()}
+        row = f"| {preset} | {batch} | {med['transformers']:.2f} | {med['vmae']:.2f} | {med['vmae'] / med['transformers']:.2f}x |"
+        if args.compile:
+            row += f" {med['vmae+compile']:.2f} | {med['vmae+compile'] / med['transformers']:.2f}x |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""VideoMAE pre-training as a library: resolve a recipe, build model, data and loop, train into a run folder.
+
+`vmae pretrain` (cli/pretrain.py) parses options and calls `resolve_recipe` and `run_pretraining`.
+Reconstruction previews (original | masked | reconstruction) are written as PNG strips without extra packages.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .recipe import PretrainRecipe
+
+log = logging.getLogger(__name__)
+PREVIEW_FRAMES = 8  # rows of a preview strip
+
+
+# ---- the recipe -----------------------------------------------------------------------------------------------
+def resolve_recipe(
+    out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
+) -> PretrainRecipe:
+    """Defaults < recipe file (or RUN/config.toml when resuming) < --set < explicit flags."""
+    from .config import preset_names
+    from .recipe import PretrainRecipe, RecipeError, load_recipe, recipe_path, set_value
+    from .training import RunFolder
+
+    run = RunFolder(out)
+    if resume and run.config.is_file():
+        if config is not None:
+            raise UsageError(
+                f"--resume continues {run.config}; --config cannot change it (use --set for a key)"
+            )
+        path: Path | None = run.config
+    elif not resume and run.has_run():
+        raise UsageError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
+    else:
+        name = config
+        if name is None:
+            model = flags.get("model")
+            name = model if model in preset_names() and _has_recipe(model) else "base"
+        path = recipe_path(name, "pretrain")
+    recipe = load_recipe(PretrainRecipe, path, sets)
+    for key, value in flags.items():
+        try:
+            set_value(recipe, key, _literal(value))
+        except RecipeError as e:
+            raise UsageError(str(e).replace("--set ", "--")) from None
+    return recipe
+
+
+def _has_recipe(name: str) -> bool:
+    from .recipe import RECIPES_DIR
+
+    return (RECIPES_DIR / "pretrain" / f"{name}.toml").is_file()
+
+
+def _literal(value) -> str:
+    from .recipe import _toml_value
+
+    return _toml_value(value)
+
+
+# ---- the run ------------------------------------------------------------------------------------------------
+def run_pretraining(
+    recipe: PretrainRecipe, data: str, out: Path, resume: bool = False, progress: bool = True
+):
+    """Build model, data and loop from `recipe`, train into the run folder `out`, return the TrainState."""
+    import torch
+
+    from .config import VideoMAEConfig
+    from .data import EpochSampler, PretrainDataset, list_videos, make_loader
+    from .files import atomic_write_text
+    from .model import VideoMAEForPreTraining
+    from .recipe import to_toml
+    from .training import (
+        Hooks,
+        LoopSettings,
+        Precision,
+        RunFolder,
+        Schedule,
+        Trainer,
+        make_optimizer,
+        param_groups,
+        scaled_lr,
+        setup_distributed,
+        teardown_distributed,
+    )  # fmt: skip
+
+    r, o = recipe, recipe.optim
+    dist = setup_distributed(r.run.device)
+    try:
+        config = VideoMAEConfig.from_pretrained(r.init or r.model)
+        spec = _clip_spec(r, config)
+        paths = list_videos(data)
+        sampler = EpochSampler(len(paths), o.batch_size, r.run.seed, dist.rank, dist.world)
+        steps_per_epoch = sampler.batches_per_epoch // o.accum
+        if steps_per_epoch == 0:
+            raise UsageError(f"one epoch of {len(paths)} video(s) holds fewer than --accum {o.accum} batches; "
+                             "lower --accum or --batch-size")  # fmt: skip
+        total = o.max_steps or o.epochs * steps_per_epoch
+        if o.warmup_steps >= 0:
+            warmup = o.warmup_steps
+        elif o.max_steps:  # the recipe's warmup share of its epochs, applied to the steps asked for
+            warmup = round(total * o.warmup_epochs / max(o.epochs, 1))
+        else:
+            warmup = round(o.warmup_epochs * steps_per_epoch)
+        global_batch = o.batch_size * spec.num_sample * o.accum * dist.world
+        peak = o.lr if o.lr > 0 else scaled_lr(o.blr, global_batch)
+        schedule = Schedule(peak, total, min(warmup, total), scaled_lr(o.min_lr, global_batch),
+                            scaled_lr(o.warmup_lr, global_batch))  # fmt: skip
+
+        torch.manual_seed(r.run.seed)
+        if r.init:
+            model = VideoMAEForPreTraining.from_pretrained(
+                r.init, model_kwargs={"drop_path_rate": r.drop_path}
+            )
+        else:
+            model = VideoMAEForPreTraining(config, drop_path_rate=r.drop_path)
+        model.to(dist.device)
+        model.gradient_checkpointing_enable(r.run.gradient_checkpointing)
+        precision = Precision.create(r.run.dtype, dist.device)
+        optimizer = make_optimizer(param_groups(model, o.weight_decay), peak, o.betas, dist.device)
+
+        dataset = PretrainDataset(paths, spec, config, r.run.seed)
+        loader = make_loader(dataset, sampler, r.run.workers, pin_memory=dist.device.type == "cuda")
+        run = RunFolder(out)
+        settings = LoopSettings(total, steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
+                                r.run.save_every, r.run.keep, r.run.preview_every, progress, "pretrain")  # fmt: skip
+        preprocessor = _preprocessor(spec)
+        hooks = Hooks(
+            save_model=lambda m, folder: m.save_pretrained(folder, preprocessor=preprocessor),
+            preview=lambda m, batch, step, folder: write_preview(m, batch, folder / f"step-{step}.png"),
+        )
+        trainer = Trainer(model, mae_loss, optimizer, schedule, loader, sampler, run, settings, dist, precision,
+                          hooks, compile=r.run.compile)  # fmt: skip
+        latest = run.latest_checkpoint() if resume else None
+        if dist.is_main:
+            run.root.mkdir(parents=True, exist_ok=True)
+            run.clean_partial()
+            header = (f"vmae pretrain: resolved recipe (global batch {global_batch} clips = {o.batch_size} videos x "
+                      f"{spec.num_sample} samples x {o.accum} accum x {dist.world} process(es); peak lr {peak:.4g}; "
+                      f"{total} steps, {schedule.warmup_steps} warmup)")  # fmt: skip
+            atomic_write_text(run.config, to_toml(r, header))
+        if latest is not None:
+            trainer.resume(latest)
+            log.info("resumed from %s", latest)
+        state = trainer.fit()
+        if dist.is_main and state.skipped:
+            lines = "".join(f"{p}\t{reason}\n" for p, reason in sorted(state.skipped.items()))
+            atomic_write_text(run.root / "skipped.txt", lines)
+        return state
+    finally:
+        teardown_distributed()
+
+
+def _clip_spec(r: PretrainRecipe, config):
+    from .data import ClipSpec
+
+    h, w = config.image_hw
+    if h != w:
+        raise UsageError(f"pre-training needs a square image_size; the model has {h}x{w}")
+    frames = r.data.frames or config.num_frames
+    size = r.data.input_size or h
+    if frames != config.num_frames or size != h:
+        raise UsageError(
+            f"data.frames={frames} and data.input_size={size} must match the model ({config.num_frames} frames of "
+            f"{h}x{h}); set them to 0 to follow the model, or choose another --model-config"
+        )
+    if r.data.num_sample < 1:
+        raise UsageError("data.num_sample must be >= 1")
+    short = r.data.short_side or round(size * 320 / 224)  # the original decoded K400 at 320 for 224 crops
+    return ClipSpec(frames, r.data.stride, size, short, tuple(r.data.scales), r.data.flip,
+                    r.data.num_sample, r.mask.ratio, r.data.decode_threads)  # fmt: skip
+
+
+def _preprocessor(spec) -> dict:
+    """preprocessor_config.json for RUN/model: the pre-training input, and its frame sampling for finetune."""
+    from .data import IMAGENET_MEAN, IMAGENET_STD
+    from .preprocess import Preprocessor
+    from .sampling import SamplingSpec
+
+    sampling = SamplingSpec(mode="window", frames=spec.frames, stride=spec.stride)
+    return Preprocessor(size={"shortest_edge": spec.size}, crop_size={"height": spec.size, "width": spec.size},
+                        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+                        extra={"frame_sampling": sampling.to_dict()}).to_dict()  # fmt: skip
+
+
+def mae_loss(net, batch: dict) -> tuple[torch.Tensor, int]:
+    """The pre-training objective: MSE on the (normalised) pixels of the masked tokens."""
+    from .data import normalize
+
+    x = normalize(batch["pixel_values"])  # uint8 -> float32 on the device
+    return net(x, batch["bool_masked_pos"], return_dict=True).loss, x.shape[0]
+
+
+# ---- previews -----------------------------------------------------------------------------------------------
+def reconstruction_strip(
+    model, clip: torch.Tensor, mask: torch.Tensor, rows: int = PREVIEW_FRAMES
+) -> np.ndarray:
+    """original | masked | reconstruction for up to `rows` frames of one clip, as uint8 (H, W, 3).
+
+    clip: uint8 (T, 3, S, S); mask: bool (N,). With norm_pix_loss the predicted patches are un-normalised with
+    the mean and std of the true patch, as the original visualisation does.
+    """
+    import torch
+
+    from .data import IMAGENET_MEAN, IMAGENET_STD, normalize
+    from .model import patchify, unpatchify
+
+    cfg = model.config
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = normalize(clip.to(model.device)[None])  # (1, T, 3, S, S)
+            m = mask.to(model.device)[None]
+            pred = model(x, m, return_dict=True).logits.float()  # (1, M, P*C)
+    finally:
+        model.train(was_training)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    frames = (x * std + mean).clamp(0, 1)
+    patches = patchify(frames, cfg.tubelet_size, cfg.patch_hw)  # (1, N, P, C)
+    target = patches[m]  # (M, P, C)
+    pred = pred.reshape(target.shape)
+    if cfg.norm_pix_loss:
+        pred = pred * (target.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6) + target.mean(
+            dim=-2, keepdim=True
+        )
+    recon, hidden = patches.clone(), patches.clone()
+    recon[m] = pred.clamp(0, 1)
+    hidden[m] = 0.5  # masked tokens shown grey
+    views = [unpatchify(v.flatten(2), cfg)[0] for v in (patches, hidden, recon)]  # each (T, C, S, S)
+    T = views[0].shape[0]
+    picks = torch.linspace(0, T - 1, min(rows, T)).round().long().tolist()
+    gap = 2
+    grid = torch.ones(3, len(picks) * (frames.shape[-2] + gap) - gap, 3 * (frames.shape[-1] + gap) - gap)
+    S_h, S_w = frames.shape[-2:]
+    for i, t in enumerate(picks):
+        for j, v in enumerate(views):
+            grid[:, i * (S_h + gap) : i * (S_h + gap) + S_h, j * (S_w + gap) : j * (S_w + gap) + S_w] = v[
+                t
+            ].cpu()
+    return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+def write_preview(model, batch: dict, path: Path) -> Path:
+    """Reconstruct the first clip of a batch and write the strip as a PNG."""
+    if batch is None or batch.get("pixel_values") is None:
+        return path
+    strip = reconstruction_strip(model, batch["pixel_values"][0], batch["bool_masked_pos"][0])
+    write_png(path, strip)
+    return path
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    """A minimal RGB PNG (8-bit, no filter), written atomically; no imaging library needed."""
+    from .files import atomic_write_bytes
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(">I", zlib.crc32(tag + payload))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))  # fmt: skip
+    atomic_write_bytes(path, png)

@@ -1,0 +1,272 @@
+"""`vmae pretrain` end to end on the tiny model and videos written here, plus its pure parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vmae_cli.cli.app import main
+from vmae_cli.pretraining import resolve_recipe, run_pretraining, write_png
+from vmae_cli.data import EpochSampler, list_videos, multi_scale_crop_box
+from vmae_cli.recipe import PretrainRecipe, RecipeError, load_recipe, recipe_path, to_toml
+from vmae_cli.training import cosine_lr, no_weight_decay, param_groups
+
+from .conftest import REPO
+from .videos import write_video
+
+TINY = ["--model-config", "tiny", "--workers", "0", "--device", "cpu", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Eight short moving-band videos of different lengths, and one file that is not a video."""
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(8):
+        write_video(root / f"v{i}.mp4", 20 + 3 * i, size=(48, 40), gop=6)
+    (root / "broken.mp4").write_text("not a video")
+    return root
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vmae_cli", "pretrain", *args], cwd=REPO,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)  # fmt: skip
+
+
+# ---- end to end -----------------------------------------------------------------------------------------------
+def test_loss_goes_down_and_run_folder_is_complete(videos, tmp_path):
+    run = tmp_path / "run"
+    recipe = resolve_recipe(run, "tiny", ["run.preview_every=25", "data.num_sample=2"],
+                            {"optim.max_steps": 50, "run.workers": 0, "run.device": "cpu", "optim.lr": 3e-3}, False)  # fmt: skip
+    state = run_pretraining(recipe, str(videos), run, progress=False)
+    losses = [m["loss"] for m in _metrics(run)]
+    assert len(losses) == 50 and state.step == 50
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05, losses
+    assert list(state.skipped) == [str(videos / "broken.mp4")]  # counted, never replaced
+    assert "broken.mp4" in (run / "skipped.txt").read_text()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-50"]
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["step-25.png", "step-50.png"]
+    png = (run / "previews" / "step-25.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    pre = json.loads((run / "model" / "preprocessor_config.json").read_text())
+    assert pre["frame_sampling"]["frames"] == 4 and pre["crop_size"] == {"height": 32, "width": 32}
+    resolved = load_recipe(PretrainRecipe, run / "config.toml")
+    assert resolved.optim.max_steps == 50 and resolved.data.num_sample == 2
+
+
+def test_output_loads_in_transformers_with_the_same_loss(videos, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from vmae_cli import VideoMAEForPreTraining
+    from vmae_cli.masking import tube_mask
+
+    run = tmp_path / "run"
+    recipe = resolve_recipe(
+        run, "tiny", [], {"optim.max_steps": 3, "run.workers": 0, "run.device": "cpu"}, False
+    )
+    run_pretraining(recipe, str(videos), run, progress=False)
+    ours = VideoMAEForPreTraining.from_pretrained(run / "model")
+    theirs = transformers.VideoMAEForPreTraining.from_pretrained(run / "model").eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 32, 32, generator=g)
+    mask = tube_mask(ours.config, 2, 0.75, generator=g)
+    with torch.no_grad():
+        a, b = ours(x, mask).loss, theirs(pixel_values=x, bool_masked_pos=mask).loss
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_resume_after_kill_9_gives_the_same_loss_curve(videos, tmp_path):
+    args = [
+        str(videos),
+        *TINY,
+        "--max-steps",
+        "24",
+        "--save-every",
+        "6",
+        "--seed",
+        "3",
+        "--set",
+        "run.log_every=1",
+    ]
+    full = _cli(*args, "--out", str(tmp_path / "full"))
+    killed_run = tmp_path / "killed"
+    # slowed down so that the kill lands mid-run, after a checkpoint and before the end
+    victim = _cli(*args, "--out", str(killed_run), env={"VMAE_STEP_DELAY": "0.15"})
+    deadline = time.monotonic() + 60
+    while not (killed_run / "checkpoints" / "step-12").exists():
+        assert victim.poll() is None, victim.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)  # a few steps past the checkpoint, maybe mid-write of the next one
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    logged = [m["step"] for m in _metrics(killed_run)]
+    assert 12 <= max(logged) < 24
+    resumed = _cli(*args, "--out", str(killed_run), "--resume")
+    assert resumed.wait(timeout=90) == 0, resumed.communicate()
+    assert full.wait(timeout=90) == 0, full.communicate()
+    a, b = _metrics(tmp_path / "full"), _metrics(killed_run)
+    assert [m["step"] for m in b] == list(range(1, 25))
+    assert [(m["step"], m["loss"], m["lr"]) for m in a] == [(m["step"], m["loss"], m["lr"]) for m in b]
+    from safetensors.torch import load_file
+
+    wa, wb = (
+        load_file(tmp_path / "full" / "model" / "model.safetensors"),
+        load_file(killed_run / "model" / "model.safetensors"),
+    )
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_sigint_saves_and_exits_cleanly(videos, tmp_path):
+    run = tmp_path / "run"
+    proc = _cli(str(videos), *TINY, "--max-steps", "500", "--out", str(run), env={"VMAE_STEP_DELAY": "0.05"})
+    deadline = time.monotonic() + 60
+    while not (run / "metrics.jsonl").exists() or len(_metrics(run)) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    step = max(m["step"] for m in _metrics(run))
+    assert (run / "checkpoints" / f"step-{step}" / "trainer_state.pt").is_file()
+
+
+def test_torchrun_two_processes_on_cpu(videos, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vmae_cli",
+           "pretrain", str(videos), *TINY, "--batch-size", "2", "--max-steps", "4", "--out", str(run)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = _metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # rank 0 only writes
+    config = (run / "config.toml").read_text()
+    # the lr follows the global batch: 2 videos x 2 samples x 2 processes = 8 clips, x blr 0.1 / 256
+    assert "global batch 8 clips" in config and "2 process(es)" in config and "peak lr 0.003125" in config
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d, e: [str(e), "--out", str(d / "r")], "no video files in this folder"),
+        (lambda d, e: [str(d / "missing"), "--out", str(d / "r")], "no such file or folder"),
+        (lambda d, e: ["x", "--out", str(d / "r"), "--set", "optim.nope=1"], "--set optim.nope: unknown key"),
+        (lambda d, e: ["x", "--out", str(d / "r"), "--set", "optim.epochs=many"], "optim.epochs must be int"),
+        (lambda d, e: ["x", "--out", str(d / "r"), "--config", "nosuch"], "not a recipe name"),
+    ],
+    ids=["empty-folder", "missing-data", "bad-set-key", "bad-set-type", "bad-config"],
+)
+def test_bad_inputs_give_one_line_errors(tmp_path, capsys, make_args, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", *make_args(tmp_path, empty), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
+
+
+def test_an_existing_run_needs_resume(videos, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    with pytest.raises(Exception, match="already holds a run; add --resume"):
+        resolve_recipe(tmp_path / "r", None, [], {}, resume=False)
+
+
+# ---- pure parts ---------------------------------------------------------------------------------------------------
+def test_schedule_warms_up_then_follows_a_cosine():
+    lrs = [cosine_lr(s, 1.0, 100, warmup_steps=10, min_lr=0.1, warmup_lr=0.0) for s in range(101)]
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.55) and lrs[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_no_weight_decay_on_biases_norms_and_mask_token():
+    from vmae_cli import VideoMAEForPreTraining
+
+    from .models import tiny_config
+
+    model = VideoMAEForPreTraining(tiny_config())
+    groups = {g["weight_decay"]: set(g["names"]) for g in param_groups(model, 0.05)}
+    assert "mask_token" in groups[0.0] and "decoder.norm.weight" in groups[0.0]
+    assert "videomae.encoder.layer.0.attention.attention.q_bias" in groups[0.0]
+    assert "videomae.encoder.layer.0.attention.attention.query.weight" in groups[0.05]
+    assert "videomae.embeddings.patch_embeddings.projection.weight" in groups[0.05]
+    assert not no_weight_decay("encoder_to_decoder.weight", model.encoder_to_decoder.weight)
+
+
+def test_recipes_parse_and_round_trip(tmp_path):
+    for name in ("tiny", "small", "base"):
+        recipe = load_recipe(PretrainRecipe, recipe_path(name, "pretrain"))
+        assert recipe.model == name
+        (tmp_path / f"{name}.toml").write_text(to_toml(recipe, "header\nline 2"))
+        assert load_recipe(PretrainRecipe, tmp_path / f"{name}.toml") == recipe
+    base = load_recipe(PretrainRecipe, recipe_path("base", "pretrain"))
+    assert (base.mask.ratio, base.optim.blr, base.optim.betas, base.optim.weight_decay) == (
+        0.9,
+        1.5e-4,
+        [0.9, 0.95],
+        0.05,
+    )
+    changed = load_recipe(PretrainRecipe, None, ["optim.betas=[0.9, 0.999]", "model=small", "optim.lr=1"])
+    assert changed.optim.betas == [0.9, 0.999] and changed.model == "small" and changed.optim.lr == 1.0
+    with pytest.raises(RecipeError, match="run.seed must be int"):
+        load_recipe(PretrainRecipe, None, ["run.seed=1.5"])
+    with pytest.raises(RecipeError, match="expected key=value"):
+        load_recipe(PretrainRecipe, None, ["optim.lr"])
+
+
+def test_list_files(tmp_path):
+    (tmp_path / "a b.mp4").write_bytes(b"")
+    (tmp_path / "list.csv").write_text("label,path\n1,a b.mp4\n2,/abs/c.mp4\n")
+    (tmp_path / "list.txt").write_text("a b.mp4 3\n# comment\n/abs/c.mp4\n")
+    (tmp_path / "list.tsv").write_text("x.mp4\t1\n")
+    assert list_videos(tmp_path / "list.csv") == [str(tmp_path / "a b.mp4"), "/abs/c.mp4"]
+    assert list_videos(tmp_path / "list.txt") == [str(tmp_path / "a b.mp4"), "/abs/c.mp4"]
+    assert list_videos(tmp_path / "list.tsv") == [str(tmp_path / "x.mp4")]
+
+
+def test_epoch_sampler_is_a_pure_function_of_seed_and_epoch_and_can_start_mid_epoch():
+    whole = EpochSampler(23, batch_size=3, seed=5, rank=1, world=2)
+    whole.set_epoch(4)
+    items = list(whole)
+    assert len(items) == 3 * 3 and len(set(i for i, _, _ in items)) == 9
+    late = EpochSampler(23, batch_size=3, seed=5, rank=1, world=2)
+    late.set_epoch(4, start_batch=2)
+    assert list(late) == items[6:]
+    other_rank = EpochSampler(23, batch_size=3, seed=5, rank=0, world=2)
+    other_rank.set_epoch(4)
+    assert not {i for i, _, _ in other_rank} & {i for i, _, _ in items}
+    whole.set_epoch(5)
+    assert list(whole) != items
+
+
+def test_multi_scale_crop_boxes_stay_inside_the_frame():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, ch, cw = multi_scale_crop_box(rng, 40, 53, 32)
+        assert 0 <= top and top + ch <= 40 and 0 <= left and left + cw <= 53
+        assert min(ch, cw) >= int(40 * 0.66) and max(ch, cw) <= 40
+
+
+def test_png_writer_makes_a_file_ffmpeg_reads(tmp_path):
+    import av
+
+    rgb = (np.arange(5 * 7 * 3) % 256).astype(np.uint8).reshape(5, 7, 3)
+    write_png(tmp_path / "x.png", rgb)
+    with av.open(str(tmp_path / "x.png")) as c:
+        frame = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    assert np.array_equal(frame, rgb)
