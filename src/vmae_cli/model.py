@@ -340,12 +340,22 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
         return_dict: bool | None = None,
     ):
         bool_masked_pos = self.check_inputs(pixel_values, bool_masked_pos)
+        out = self.encode(pixel_values, bool_masked_pos, output_attentions, output_hidden_states)
+        return out if return_dict is not False else out.to_tuple()
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutput:
+        """`forward` without the input checks, for callers that made them (pixel_values (B, T, C, H, W))."""
         x = self.embeddings(pixel_values, bool_masked_pos)  # (B, N_visible, D)
         x, hidden, attentions = self.encoder(x, bool(output_hidden_states), bool(output_attentions))
         if self.layernorm is not None:
             x = self.layernorm(x)
-        out = BaseModelOutput(x, hidden, attentions)
-        return out if return_dict is not False else out.to_tuple()
+        return BaseModelOutput(x, hidden, attentions)
 
     def pooled(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """The vector a classifier head would see: the token mean (mean pooling) or token 0 after layernorm."""
@@ -450,7 +460,7 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
                 "VideoMAEForPreTraining needs bool_masked_pos (B, N), True = masked; see vmae_cli.masking"
             )
         bool_masked_pos = self.videomae.check_inputs(pixel_values, bool_masked_pos)
-        enc = self.videomae(pixel_values, bool_masked_pos, output_attentions, output_hidden_states, True)
+        enc = self.videomae.encode(pixel_values, bool_masked_pos, output_attentions, output_hidden_states)
         x = self.encoder_to_decoder(enc.last_hidden_state)  # (B, N_visible, Dd)
         B, _, Dd = x.shape
         pos = self.position_embeddings.to(pixel_values.dtype).expand(B, -1, -1)
