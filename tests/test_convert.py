@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 from vmae_cli import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 from vmae_cli.convert import ConversionError, convert_checkpoint, load_labels
-from vmae_cli.reference import reference_forward
 from vmae_cli.errors import CheckpointError, UsageError
 from vmae_cli.masking import tube_mask
+from vmae_cli.reference import reference_forward
 
 from .conftest import run_vmae
 from .models import build, tiny_config

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from vmae_cli.cli.app import main
-from vmae_cli.pretraining import resolve_recipe, run_pretraining, write_png
 from vmae_cli.data import EpochSampler, list_videos, multi_scale_crop_box
+from vmae_cli.pretraining import resolve_recipe, run_pretraining, write_png
 from vmae_cli.recipe import PretrainRecipe, RecipeError, load_recipe, recipe_path, to_toml
 from vmae_cli.training import cosine_lr, no_weight_decay, param_groups
 

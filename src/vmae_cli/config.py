@@ -17,7 +17,9 @@ from .errors import ConfigError
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "videomae"
-PRESETS_DIR = Path(__file__).parent / "configs" / "models"  # the repository's configs/, shipped in the package
+PRESETS_DIR = (
+    Path(__file__).parent / "configs" / "models"
+)  # the repository's configs/, shipped in the package
 
 # Keys that describe a file rather than the model; dropped on read, rewritten on save.
 _VOLATILE = {"transformers_version", "_name_or_path", "model_type", "qv_bias", "qkv_bias"}
@@ -208,7 +210,7 @@ class VideoMAEConfig:
             return cls.from_preset(ref)
         from .checkpoint import resolve
 
-        return cls.from_json_file(resolve(ref, revision=revision).config_path)
+        return cls.from_json_file(resolve(ref, revision=revision, weights=False).config_path)
 
     @classmethod
     def from_preset(cls, name: str) -> VideoMAEConfig:

@@ -29,44 +29,9 @@ def resolve_recipe(
     out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
 ) -> PretrainRecipe:
     """Defaults < recipe file (or RUN/config.toml when resuming) < --set < explicit flags."""
-    from .config import preset_names
-    from .recipe import PretrainRecipe, RecipeError, load_recipe, recipe_path, set_value
-    from .training import RunFolder
+    from .recipe import PretrainRecipe, resolve_run_recipe
 
-    run = RunFolder(out)
-    if resume and run.config.is_file():
-        if config is not None:
-            raise UsageError(
-                f"--resume continues {run.config}; --config cannot change it (use --set for a key)"
-            )
-        path: Path | None = run.config
-    elif not resume and run.has_run():
-        raise UsageError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
-    else:
-        name = config
-        if name is None:
-            model = flags.get("model")
-            name = model if model in preset_names() and _has_recipe(model) else "base"
-        path = recipe_path(name, "pretrain")
-    recipe = load_recipe(PretrainRecipe, path, sets)
-    for key, value in flags.items():
-        try:
-            set_value(recipe, key, _literal(value))
-        except RecipeError as e:
-            raise UsageError(str(e).replace("--set ", "--")) from None
-    return recipe
-
-
-def _has_recipe(name: str) -> bool:
-    from .recipe import RECIPES_DIR
-
-    return (RECIPES_DIR / "pretrain" / f"{name}.toml").is_file()
-
-
-def _literal(value) -> str:
-    from .recipe import _toml_value
-
-    return _toml_value(value)
+    return resolve_run_recipe(PretrainRecipe, "pretrain", out, config, sets, flags, resume)
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -135,7 +100,7 @@ def run_pretraining(
         run = RunFolder(out)
         settings = LoopSettings(total, steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
                                 r.run.save_every, r.run.keep, r.run.preview_every, progress, "pretrain")  # fmt: skip
-        preprocessor = _preprocessor(spec)
+        preprocessor = run_preprocessor_config(spec)
         hooks = Hooks(
             save_model=lambda m, folder: m.save_pretrained(folder, preprocessor=preprocessor),
             preview=lambda m, batch, step, folder: write_preview(m, batch, folder / f"step-{step}.png"),
@@ -182,7 +147,7 @@ def _clip_spec(r: PretrainRecipe, config):
                     r.data.num_sample, r.mask.ratio, r.data.decode_threads)  # fmt: skip
 
 
-def _preprocessor(spec) -> dict:
+def run_preprocessor_config(spec) -> dict:
     """preprocessor_config.json for RUN/model: the pre-training input, and its frame sampling for finetune."""
     from .data import IMAGENET_MEAN, IMAGENET_STD
     from .preprocess import Preprocessor

@@ -231,15 +231,15 @@ def to_toml(recipe: Any, header: str = "") -> str:
         if dataclasses.is_dataclass(value):
             tables.append((f.name, value))
         elif value is not None:
-            lines.append(f"{f.name} = {_toml_value(value)}")
+            lines.append(f"{f.name} = {toml_value(value)}")
     for name, table in tables:
         lines += ["", f"[{name}]"]
-        lines += [f"{k.name} = {_toml_value(getattr(table, k.name))}" for k in dataclasses.fields(table)
+        lines += [f"{k.name} = {toml_value(getattr(table, k.name))}" for k in dataclasses.fields(table)
                   if getattr(table, k.name) is not None]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -254,5 +254,42 @@ def _toml_value(value: Any) -> str:
         escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
         return f'"{escaped}"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def resolve_run_recipe(
+    cls, kind: str, out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
+):
+    """The recipe of a training run: defaults < recipe file (or RUN/config.toml when resuming) < --set < flags.
+
+    kind: "pretrain" or "finetune" (the folder of configs/ to look in). Without --config, a preset name given as
+    the model picks the recipe of the same name when there is one, else "base".
+    """
+    from .config import preset_names
+    from .errors import UsageError
+    from .training import RunFolder
+
+    run = RunFolder(out)
+    if resume and run.config.is_file():
+        if config is not None:
+            raise UsageError(
+                f"--resume continues {run.config}; --config cannot change it (use --set for a key)"
+            )
+        path = run.config
+    elif not resume and run.has_run():
+        raise UsageError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
+    else:
+        name = config
+        if name is None:
+            model = flags.get("model")
+            has_own = model in preset_names() and (RECIPES_DIR / kind / f"{model}.toml").is_file()
+            name = model if has_own else "base"
+        path = recipe_path(name, kind)
+    recipe = load_recipe(cls, path, sets)
+    for key, value in flags.items():
+        try:
+            set_value(recipe, key, toml_value(value))
+        except RecipeError as e:
+            raise UsageError(str(e).replace("--set ", "--")) from None
+    return recipe

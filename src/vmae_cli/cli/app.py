@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VmaeError
-from . import classify, convert, embed, info, pretrain
+from . import classify, convert, embed, evaluate, finetune, info, pretrain
 
 app = typer.Typer(
     name="vmae",
@@ -29,6 +29,8 @@ app.command("embed")(embed.embed)
 app.command("info")(info.info)
 app.command("convert")(convert.convert)
 app.command("pretrain")(pretrain.pretrain)
+app.command("finetune")(finetune.finetune)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def _version(value: bool) -> None:
