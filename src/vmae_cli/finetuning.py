@@ -281,7 +281,6 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
 
     from .data import EpochSampler, make_loader
     from .evaluation import finetune_splits
-    from .files import atomic_write_text
     from .pretraining import run_preprocessor_config
     from .recipe import to_toml
     from .sampling import SamplingSpec
@@ -291,6 +290,7 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         RunFolder,
         Schedule,
         Trainer,
+        fit_run,
         make_optimizer,
         param_groups,
         scaled_lr,
@@ -337,9 +337,7 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         run = RunFolder(out)
         settings = LoopSettings(total, steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
                                 r.run.save_every, r.run.keep, 0, progress, "finetune")  # fmt: skip
-        preprocessor = run_preprocessor_config(
-            spec
-        )  # frame_sampling: the training window, one central view by default
+        preprocessor = run_preprocessor_config(spec)  # frame_sampling: the training window, one central view
         sampling = SamplingSpec(mode="window", frames=spec.frames, stride=spec.stride)
         loss_fn = ClassificationLoss(config.num_labels, r.augment)
         epoch_end = EpochEnd(model, loss_fn, val_set, preprocessor, sampling, run, dist, r, steps_per_epoch)
@@ -347,22 +345,10 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         trainer = Trainer(model, loss_fn, optimizer, schedule, loader, sampler, run, settings, dist, precision,
                           hooks, compile=r.run.compile)  # fmt: skip
         epoch_end.trainer = trainer
-        latest = run.latest_checkpoint() if resume else None
-        if dist.is_main:
-            run.root.mkdir(parents=True, exist_ok=True)
-            run.clean_partial()
-            header = (f"vmae finetune: resolved recipe ({len(train_set)} training videos, {config.num_labels} labels, "
-                      f"{len(val_set) if val_set else 0} validation; global batch {global_batch} clips; peak lr "
-                      f"{peak:.4g}; {total} steps, {schedule.warmup_steps} warmup)")  # fmt: skip
-            atomic_write_text(run.config, to_toml(r, header))
-        if latest is not None:
-            trainer.resume(latest)
-            log.info("resumed from %s", latest)
-        state = trainer.fit()
-        if dist.is_main and state.skipped:
-            lines = "".join(f"{p}\t{reason}\n" for p, reason in sorted(state.skipped.items()))
-            atomic_write_text(run.root / "skipped.txt", lines)
-        return state
+        header = (f"vmae finetune: resolved recipe ({len(train_set)} training videos, {config.num_labels} labels, "
+                  f"{len(val_set) if val_set else 0} validation; global batch {global_batch} clips; peak lr "
+                  f"{peak:.4g}; {total} steps, {schedule.warmup_steps} warmup)")  # fmt: skip
+        return fit_run(trainer, run, dist, to_toml(r, header), resume)
     finally:
         teardown_distributed()
 

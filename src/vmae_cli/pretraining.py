@@ -43,7 +43,6 @@ def run_pretraining(
 
     from .config import VideoMAEConfig
     from .data import EpochSampler, PretrainDataset, list_videos, make_loader
-    from .files import atomic_write_text
     from .model import VideoMAEForPreTraining
     from .recipe import to_toml
     from .training import (
@@ -53,6 +52,7 @@ def run_pretraining(
         RunFolder,
         Schedule,
         Trainer,
+        fit_run,
         make_optimizer,
         param_groups,
         scaled_lr,
@@ -107,22 +107,10 @@ def run_pretraining(
         )
         trainer = Trainer(model, mae_loss, optimizer, schedule, loader, sampler, run, settings, dist, precision,
                           hooks, compile=r.run.compile)  # fmt: skip
-        latest = run.latest_checkpoint() if resume else None
-        if dist.is_main:
-            run.root.mkdir(parents=True, exist_ok=True)
-            run.clean_partial()
-            header = (f"vmae pretrain: resolved recipe (global batch {global_batch} clips = {o.batch_size} videos x "
-                      f"{spec.num_sample} samples x {o.accum} accum x {dist.world} process(es); peak lr {peak:.4g}; "
-                      f"{total} steps, {schedule.warmup_steps} warmup)")  # fmt: skip
-            atomic_write_text(run.config, to_toml(r, header))
-        if latest is not None:
-            trainer.resume(latest)
-            log.info("resumed from %s", latest)
-        state = trainer.fit()
-        if dist.is_main and state.skipped:
-            lines = "".join(f"{p}\t{reason}\n" for p, reason in sorted(state.skipped.items()))
-            atomic_write_text(run.root / "skipped.txt", lines)
-        return state
+        header = (f"vmae pretrain: resolved recipe (global batch {global_batch} clips = {o.batch_size} videos x "
+                  f"{spec.num_sample} samples x {o.accum} accum x {dist.world} process(es); peak lr {peak:.4g}; "
+                  f"{total} steps, {schedule.warmup_steps} warmup)")  # fmt: skip
+        return fit_run(trainer, run, dist, to_toml(r, header), resume)
     finally:
         teardown_distributed()
 

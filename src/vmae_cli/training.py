@@ -621,3 +621,23 @@ def _progress(s: LoopSettings, start: int, is_main: bool):
             bar.update(task, completed=step, info=f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} clips/s")
 
         yield update
+
+
+def fit_run(trainer: Trainer, run: RunFolder, dist: Dist, recipe_toml: str, resume: bool) -> TrainState:
+    """Start or continue a run: write RUN/config.toml, resume from the latest checkpoint when asked, train,
+    and list the unreadable inputs in RUN/skipped.txt. Shared by pre-training and fine-tuning."""
+    from .files import atomic_write_text
+
+    latest = run.latest_checkpoint() if resume else None
+    if dist.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.clean_partial()
+        atomic_write_text(run.config, recipe_toml)
+    if latest is not None:
+        trainer.resume(latest)
+        log.info("resumed from %s", latest)
+    state = trainer.fit()
+    if dist.is_main and state.skipped:
+        lines = "".join(f"{p}\t{reason}\n" for p, reason in sorted(state.skipped.items()))
+        atomic_write_text(run.root / "skipped.txt", lines)
+    return state
