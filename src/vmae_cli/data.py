@@ -229,28 +229,35 @@ class PretrainDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
-        from .video import VideoError, VideoReader
 
         index, epoch, position = key
         path, spec = self.paths[index], self.spec
         rng = item_rng(self.seed, epoch, position)
-        try:
-            with VideoReader(path, threads=spec.decode_threads) as reader:
-                idx = random_window_indices(rng, reader.count_frames(), spec.frames, spec.stride)
-                frames = reader.get_frames(
-                    idx, size=_decode_size(reader.width, reader.height, spec.short_side)
-                )
-        except (VideoError, OSError, MemoryError) as e:
-            return {"failed": (path, str(e))}
-        except Exception as e:  # PyAV raises many types for damaged files: all mean "this file"
-            return {"failed": (path, f"{path}: {type(e).__name__}: {e}")}
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W), a channels-last view
-        clips = torch.stack(
-            [augment_clip(x, rng, spec.size, spec.scales, spec.flip) for _ in range(spec.num_sample)]
-        )
+        clips = augmented_clips(path, spec, rng)
+        if isinstance(clips, dict):
+            return clips
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         masks = tube_mask(self.config, spec.num_sample, spec.mask_ratio, generator=g)
         return {"pixel_values": clips, "bool_masked_pos": masks}  # uint8 (S, T, 3, size, size), bool (S, N)
+
+
+def augmented_clips(path: str, spec, rng: np.random.Generator) -> torch.Tensor | dict:
+    """`spec.num_sample` augmented clips of one random window: uint8 (S, T, 3, size, size), or
+    {"failed": (path, reason)} for a file that cannot be read (counted by the loop, never replaced)."""
+    from .video import VideoError, VideoReader
+
+    try:
+        with VideoReader(path, threads=spec.decode_threads) as reader:
+            idx = random_window_indices(rng, reader.count_frames(), spec.frames, spec.stride)
+            frames = reader.get_frames(idx, size=_decode_size(reader.width, reader.height, spec.short_side))
+    except (VideoError, OSError, MemoryError) as e:
+        return {"failed": (path, str(e))}
+    except Exception as e:  # PyAV raises many types for damaged files: all mean "this file"
+        return {"failed": (path, f"{path}: {type(e).__name__}: {e}")}
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W), a channels-last view
+    return torch.stack(
+        [augment_clip(x, rng, spec.size, spec.scales, spec.flip) for _ in range(spec.num_sample)]
+    )
 
 
 def _decode_size(width: int, height: int, short_side: int) -> tuple[int, int] | None:

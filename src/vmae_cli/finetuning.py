@@ -130,27 +130,13 @@ class FinetuneDataset:
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         import torch
 
-        from .data import _decode_size, augment_clip, item_rng
-        from .sampling import random_window_indices
-        from .video import VideoError, VideoReader
+        from .data import augmented_clips, item_rng
 
         index, epoch, position = key
         path, spec = self.data.paths[index], self.spec
-        rng = item_rng(self.seed, epoch, position)
-        try:
-            with VideoReader(path, threads=spec.decode_threads) as reader:
-                idx = random_window_indices(rng, reader.count_frames(), spec.frames, spec.stride)
-                frames = reader.get_frames(
-                    idx, size=_decode_size(reader.width, reader.height, spec.short_side)
-                )
-        except (VideoError, OSError, MemoryError) as e:
-            return {"failed": (path, str(e))}
-        except Exception as e:  # PyAV raises many types for damaged files: all mean "this file"
-            return {"failed": (path, f"{path}: {type(e).__name__}: {e}")}
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, 3, H, W)
-        clips = torch.stack(
-            [augment_clip(x, rng, spec.size, spec.scales, spec.flip) for _ in range(spec.num_sample)]
-        )
+        clips = augmented_clips(path, spec, item_rng(self.seed, epoch, position))
+        if isinstance(clips, dict):
+            return clips
         labels = torch.full((spec.num_sample,), self.data.labels[index], dtype=torch.long)
         return {"pixel_values": clips, "labels": labels}  # uint8 (S, T, 3, size, size), int64 (S,)
 
