@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from .options import KeepOpt, QuietOpt, SaveEveryOpt, TrainDeviceOpt, TrainDtypeOpt, TrainWorkersOpt
+
 
 def finetune(
     data: Annotated[
@@ -108,26 +110,12 @@ def finetune(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue RUN from its latest checkpoint (exactly), or start it.")
     ] = False,
-    device: Annotated[
-        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", show_default=False)
-    ] = None,
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            "--dtype", help="auto (bf16 where fast, else fp32), fp32, bf16 or fp16.", show_default=False
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", min=0, help="Decoding processes per device.", show_default=False),
-    ] = None,
-    save_every: Annotated[
-        int | None, typer.Option("--save-every", min=1, help="Steps between checkpoints.", show_default=False)
-    ] = None,
-    keep: Annotated[
-        int | None, typer.Option("--keep", min=1, help="Checkpoints kept.", show_default=False)
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    device: TrainDeviceOpt = None,
+    dtype: TrainDtypeOpt = None,
+    workers: TrainWorkersOpt = None,
+    save_every: SaveEveryOpt = None,
+    keep: KeepOpt = None,
+    quiet: QuietOpt = False,
 ) -> int:
     """Fine-tune a VideoMAE classifier on labelled videos (the paper's recipe: AdamW, layer-wise lr decay,
     drop path, label smoothing, mixup/cutmix, warmup + cosine).

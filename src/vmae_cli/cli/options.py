@@ -83,3 +83,21 @@ CropsOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model folder, weight file, or Hub id.")]
+
+# Training runs (pretrain, finetune): None leaves the recipe's value.
+TrainDeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", show_default=False)
+]
+TrainDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype", help="auto (bf16 where fast, else fp32), fp32, bf16 or fp16.", show_default=False
+    ),
+]
+TrainWorkersOpt = Annotated[
+    int | None, typer.Option("--workers", min=0, help="Decoding processes per device.", show_default=False)
+]
+SaveEveryOpt = Annotated[
+    int | None, typer.Option("--save-every", min=1, help="Steps between checkpoints.", show_default=False)
+]
+KeepOpt = Annotated[int | None, typer.Option("--keep", min=1, help="Checkpoints kept.", show_default=False)]
