@@ -214,6 +214,27 @@ class ClipSpec:
     mask_ratio: float = 0.9
     decode_threads: int = 1
 
+    @classmethod
+    def for_model(cls, data, config, mask_ratio: float, task: str) -> ClipSpec:
+        """The clip spec of a recipe's `data` section for a model config; frames/input_size 0 follow the model."""
+        from .errors import UsageError
+
+        h, w = config.image_hw
+        if h != w:
+            raise UsageError(f"{task} needs a square image_size; the model has {h}x{w}")
+        frames = data.frames or config.num_frames
+        size = data.input_size or h
+        if frames != config.num_frames or size != h:
+            raise UsageError(
+                f"data.frames={frames} and data.input_size={size} must match the model ({config.num_frames} frames of "
+                f"{h}x{h}); set them to 0 to follow the model, or choose another model"
+            )
+        if data.num_sample < 1:
+            raise UsageError("data.num_sample must be >= 1")
+        short = data.short_side or round(size * 320 / 224)  # the original decoded K400 at 320 for 224 crops
+        return cls(frames, data.stride, size, short, tuple(data.scales), data.flip, data.num_sample, mask_ratio,
+                   data.decode_threads)  # fmt: skip
+
 
 class PretrainDataset(torch.utils.data.Dataset):
     """Indexed by (video index, epoch, position) from EpochSampler; returns `num_sample` masked clips.

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UsageError
 from .recipe import OptimRecipe, RunRecipe
 
 if TYPE_CHECKING:
@@ -153,24 +152,6 @@ def collate_labelled(items: list[dict]) -> dict:
             "labels": torch.cat([it["labels"] for it in good]), "failed": failed}  # fmt: skip
 
 
-def _clip_spec(r: FinetuneRecipe, config):
-    from .data import ClipSpec
-
-    h, w = config.image_hw
-    if h != w:
-        raise UsageError(f"fine-tuning needs a square image_size; the model has {h}x{w}")
-    frames = r.data.frames or config.num_frames
-    size = r.data.input_size or h
-    if frames != config.num_frames or size != h:
-        raise UsageError(f"data.frames={frames} and data.input_size={size} must match the model "
-                         f"({config.num_frames} frames of {h}x{h}); set them to 0 to follow the model")  # fmt: skip
-    if r.data.num_sample < 1:
-        raise UsageError("data.num_sample must be >= 1")
-    short = r.data.short_side or round(size * 320 / 224)
-    return ClipSpec(frames, r.data.stride, size, short, tuple(r.data.scales), r.data.flip, r.data.num_sample,
-                    0.0, r.data.decode_threads)  # fmt: skip
-
-
 # ---- the objective ----------------------------------------------------------------------------------------
 class ClassificationLoss:
     """Cross-entropy with label smoothing, optionally on mixup / cutmix batches; counts train top-1 hits.
@@ -265,7 +246,7 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
     """Build model, data and loop from `recipe`, train into the run folder `out`, return the TrainState."""
     import torch
 
-    from .data import EpochSampler, make_loader
+    from .data import ClipSpec, EpochSampler, make_loader
     from .evaluation import finetune_splits
     from .pretraining import run_preprocessor_config
     from .recipe import to_toml
@@ -274,12 +255,11 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         LoopSettings,
         Precision,
         RunFolder,
-        Schedule,
         Trainer,
         fit_run,
         make_optimizer,
         param_groups,
-        scaled_lr,
+        plan_steps,
         setup_distributed,
         teardown_distributed,
     )  # fmt: skip
@@ -291,49 +271,37 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         torch.manual_seed(r.run.seed)
         model = build_classifier(r.model, train_set.id2label, r.drop_path, r.head_dropout)
         config = model.config
-        spec = _clip_spec(r, config)
+        spec = ClipSpec.for_model(r.data, config, 0.0, "fine-tuning")
         sampler = EpochSampler(len(train_set), o.batch_size, r.run.seed, dist.rank, dist.world)
-        steps_per_epoch = sampler.batches_per_epoch // o.accum
-        if steps_per_epoch == 0:
-            raise UsageError(f"one epoch of {len(train_set)} video(s) holds fewer than --accum {o.accum} batches; "
-                             "lower --accum or --batch-size")  # fmt: skip
-        total = o.max_steps or o.epochs * steps_per_epoch
-        if o.warmup_steps >= 0:
-            warmup = o.warmup_steps
-        elif o.max_steps:
-            warmup = round(total * o.warmup_epochs / max(o.epochs, 1))
-        else:
-            warmup = round(o.warmup_epochs * steps_per_epoch)
-        global_batch = o.batch_size * spec.num_sample * o.accum * dist.world
-        peak = o.lr if o.lr > 0 else scaled_lr(o.blr, global_batch)
-        schedule = Schedule(peak, total, min(warmup, total), scaled_lr(o.min_lr, global_batch),
-                            scaled_lr(o.warmup_lr, global_batch))  # fmt: skip
+        plan = plan_steps(o, len(train_set), sampler.batches_per_epoch, spec.num_sample, dist.world)
 
         model.to(dist.device)
         model.gradient_checkpointing_enable(r.run.gradient_checkpointing)
         precision = Precision.create(r.run.dtype, dist.device)
         scale = layer_decay_scale(config.num_hidden_layers, o.layer_decay) if o.layer_decay < 1 else None
         optimizer = make_optimizer(
-            param_groups(model, o.weight_decay, lr_scale=scale), peak, o.betas, dist.device
+            param_groups(model, o.weight_decay, lr_scale=scale), plan.peak, o.betas, dist.device
         )
 
         dataset = FinetuneDataset(train_set, spec, r.run.seed)
         loader = make_loader(dataset, sampler, r.run.workers, pin_memory=dist.device.type == "cuda",
                              collate_fn=collate_labelled)  # fmt: skip
         run = RunFolder(out)
-        settings = LoopSettings(total, steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
+        settings = LoopSettings(plan.total, plan.steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
                                 r.run.save_every, r.run.keep, 0, progress, "finetune")  # fmt: skip
         preprocessor = run_preprocessor_config(spec)  # frame_sampling: the training window, one central view
         sampling = SamplingSpec(mode="window", frames=spec.frames, stride=spec.stride)
         loss_fn = ClassificationLoss(config.num_labels, r.augment)
-        epoch_end = EpochEnd(model, loss_fn, val_set, preprocessor, sampling, run, dist, r, steps_per_epoch)
+        epoch_end = EpochEnd(
+            model, loss_fn, val_set, preprocessor, sampling, run, dist, r, plan.steps_per_epoch
+        )
         hooks = epoch_end.hooks()
-        trainer = Trainer(model, loss_fn, optimizer, schedule, loader, sampler, run, settings, dist, precision,
+        trainer = Trainer(model, loss_fn, optimizer, plan.schedule, loader, sampler, run, settings, dist, precision,
                           hooks, compile=r.run.compile)  # fmt: skip
         epoch_end.trainer = trainer
         header = (f"vmae finetune: resolved recipe ({len(train_set)} training videos, {config.num_labels} labels, "
-                  f"{len(val_set) if val_set else 0} validation; global batch {global_batch} clips; peak lr "
-                  f"{peak:.4g}; {total} steps, {schedule.warmup_steps} warmup)")  # fmt: skip
+                  f"{len(val_set) if val_set else 0} validation; global batch {plan.global_batch} clips; peak lr "
+                  f"{plan.peak:.4g}; {plan.total} steps, {plan.schedule.warmup_steps} warmup)")  # fmt: skip
         return fit_run(trainer, run, dist, to_toml(r, header), resume)
     finally:
         teardown_distributed()

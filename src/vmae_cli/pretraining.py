@@ -12,8 +12,6 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UsageError
-
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -42,7 +40,7 @@ def run_pretraining(
     import torch
 
     from .config import VideoMAEConfig
-    from .data import EpochSampler, PretrainDataset, list_videos, make_loader
+    from .data import ClipSpec, EpochSampler, PretrainDataset, list_videos, make_loader
     from .model import VideoMAEForPreTraining
     from .recipe import to_toml
     from .training import (
@@ -50,12 +48,11 @@ def run_pretraining(
         LoopSettings,
         Precision,
         RunFolder,
-        Schedule,
         Trainer,
         fit_run,
         make_optimizer,
         param_groups,
-        scaled_lr,
+        plan_steps,
         setup_distributed,
         teardown_distributed,
     )  # fmt: skip
@@ -64,24 +61,10 @@ def run_pretraining(
     dist = setup_distributed(r.run.device)
     try:
         config = VideoMAEConfig.from_pretrained(r.init or r.model)
-        spec = _clip_spec(r, config)
+        spec = ClipSpec.for_model(r.data, config, r.mask.ratio, "pre-training")
         paths = list_videos(data)
         sampler = EpochSampler(len(paths), o.batch_size, r.run.seed, dist.rank, dist.world)
-        steps_per_epoch = sampler.batches_per_epoch // o.accum
-        if steps_per_epoch == 0:
-            raise UsageError(f"one epoch of {len(paths)} video(s) holds fewer than --accum {o.accum} batches; "
-                             "lower --accum or --batch-size")  # fmt: skip
-        total = o.max_steps or o.epochs * steps_per_epoch
-        if o.warmup_steps >= 0:
-            warmup = o.warmup_steps
-        elif o.max_steps:  # the recipe's warmup share of its epochs, applied to the steps asked for
-            warmup = round(total * o.warmup_epochs / max(o.epochs, 1))
-        else:
-            warmup = round(o.warmup_epochs * steps_per_epoch)
-        global_batch = o.batch_size * spec.num_sample * o.accum * dist.world
-        peak = o.lr if o.lr > 0 else scaled_lr(o.blr, global_batch)
-        schedule = Schedule(peak, total, min(warmup, total), scaled_lr(o.min_lr, global_batch),
-                            scaled_lr(o.warmup_lr, global_batch))  # fmt: skip
+        plan = plan_steps(o, len(paths), sampler.batches_per_epoch, spec.num_sample, dist.world)
 
         torch.manual_seed(r.run.seed)
         if r.init:
@@ -93,46 +76,26 @@ def run_pretraining(
         model.to(dist.device)
         model.gradient_checkpointing_enable(r.run.gradient_checkpointing)
         precision = Precision.create(r.run.dtype, dist.device)
-        optimizer = make_optimizer(param_groups(model, o.weight_decay), peak, o.betas, dist.device)
+        optimizer = make_optimizer(param_groups(model, o.weight_decay), plan.peak, o.betas, dist.device)
 
         dataset = PretrainDataset(paths, spec, config, r.run.seed)
         loader = make_loader(dataset, sampler, r.run.workers, pin_memory=dist.device.type == "cuda")
         run = RunFolder(out)
-        settings = LoopSettings(total, steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
+        settings = LoopSettings(plan.total, plan.steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
                                 r.run.save_every, r.run.keep, r.run.preview_every, progress, "pretrain")  # fmt: skip
         preprocessor = run_preprocessor_config(spec)
         hooks = Hooks(
             save_model=lambda m, folder: m.save_pretrained(folder, preprocessor=preprocessor),
             preview=lambda m, batch, step, folder: write_preview(m, batch, folder / f"step-{step}.png"),
         )
-        trainer = Trainer(model, mae_loss, optimizer, schedule, loader, sampler, run, settings, dist, precision,
+        trainer = Trainer(model, mae_loss, optimizer, plan.schedule, loader, sampler, run, settings, dist, precision,
                           hooks, compile=r.run.compile)  # fmt: skip
-        header = (f"vmae pretrain: resolved recipe (global batch {global_batch} clips = {o.batch_size} videos x "
-                  f"{spec.num_sample} samples x {o.accum} accum x {dist.world} process(es); peak lr {peak:.4g}; "
-                  f"{total} steps, {schedule.warmup_steps} warmup)")  # fmt: skip
+        header = (f"vmae pretrain: resolved recipe (global batch {plan.global_batch} clips = {o.batch_size} videos x "
+                  f"{spec.num_sample} samples x {o.accum} accum x {dist.world} process(es); peak lr {plan.peak:.4g}; "
+                  f"{plan.total} steps, {plan.schedule.warmup_steps} warmup)")  # fmt: skip
         return fit_run(trainer, run, dist, to_toml(r, header), resume)
     finally:
         teardown_distributed()
-
-
-def _clip_spec(r: PretrainRecipe, config):
-    from .data import ClipSpec
-
-    h, w = config.image_hw
-    if h != w:
-        raise UsageError(f"pre-training needs a square image_size; the model has {h}x{w}")
-    frames = r.data.frames or config.num_frames
-    size = r.data.input_size or h
-    if frames != config.num_frames or size != h:
-        raise UsageError(
-            f"data.frames={frames} and data.input_size={size} must match the model ({config.num_frames} frames of "
-            f"{h}x{h}); set them to 0 to follow the model, or choose another --model-config"
-        )
-    if r.data.num_sample < 1:
-        raise UsageError("data.num_sample must be >= 1")
-    short = r.data.short_side or round(size * 320 / 224)  # the original decoded K400 at 320 for 224 crops
-    return ClipSpec(frames, r.data.stride, size, short, tuple(r.data.scales), r.data.flip,
-                    r.data.num_sample, r.mask.ratio, r.data.decode_threads)  # fmt: skip
 
 
 def run_preprocessor_config(spec) -> dict:

@@ -641,3 +641,36 @@ def fit_run(trainer: Trainer, run: RunFolder, dist: Dist, recipe_toml: str, resu
         lines = "".join(f"{p}\t{reason}\n" for p, reason in sorted(state.skipped.items()))
         atomic_write_text(run.root / "skipped.txt", lines)
     return state
+
+
+@dataclass
+class StepPlan:
+    """How long a run is and how its lr moves, from the recipe's optim section and the data size."""
+
+    steps_per_epoch: int
+    total: int
+    global_batch: int  # clips per optimizer step, over all processes
+    peak: float
+    schedule: Schedule
+
+
+def plan_steps(optim, num_videos: int, batches_per_epoch: int, clips_per_video: int, world: int) -> StepPlan:
+    """Steps, warmup and the lr scaled by the global batch (optim: a recipe's OptimRecipe)."""
+    from .errors import UsageError
+
+    steps_per_epoch = batches_per_epoch // optim.accum
+    if steps_per_epoch == 0:
+        raise UsageError(f"one epoch of {num_videos} video(s) holds fewer than --accum {optim.accum} batches; "
+                         "lower --accum or --batch-size")  # fmt: skip
+    total = optim.max_steps or optim.epochs * steps_per_epoch
+    if optim.warmup_steps >= 0:
+        warmup = optim.warmup_steps
+    elif optim.max_steps:  # the recipe's warmup share of its epochs, applied to the steps asked for
+        warmup = round(total * optim.warmup_epochs / max(optim.epochs, 1))
+    else:
+        warmup = round(optim.warmup_epochs * steps_per_epoch)
+    global_batch = optim.batch_size * clips_per_video * optim.accum * world
+    peak = optim.lr if optim.lr > 0 else scaled_lr(optim.blr, global_batch)
+    schedule = Schedule(peak, total, min(warmup, total), scaled_lr(optim.min_lr, global_batch),
+                        scaled_lr(optim.warmup_lr, global_batch))  # fmt: skip
+    return StepPlan(steps_per_epoch, total, global_batch, peak, schedule)
