@@ -357,10 +357,6 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
             x = self.layernorm(x)
         return BaseModelOutput(x, hidden, attentions)
 
-    def pooled(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
-        """The vector a classifier head would see: the token mean (mean pooling) or token 0 after layernorm."""
-        return last_hidden_state.mean(1) if self.config.use_mean_pooling else last_hidden_state[:, 0]
-
 
 class Decoder(nn.Module):
     def __init__(self, cfg: VideoMAEConfig):
