@@ -107,8 +107,9 @@ def test_transformers_checkpoint_loads_in_vmae_with_equal_outputs(tmp_path, name
     _compare(ours, theirs, kind, x, mask)
 
 
-def test_pretraining_is_bit_exact_on_default_path(tmp_path):
-    """Beyond the tolerance: the same operations in the same order give the same bits."""
+def test_pretraining_matches_to_rounding(tmp_path):
+    """vmae embeds only the visible tubelets (one matmul instead of the convolution over all of them): the
+    same sums in another order, so equal to float rounding rather than to the bit."""
     config = tiny_config()
     build(VideoMAEForPreTraining, config, tmp_path)
     ours = VideoMAEForPreTraining.from_pretrained(tmp_path)
@@ -116,7 +117,10 @@ def test_pretraining_is_bit_exact_on_default_path(tmp_path):
     x, mask = _inputs(config)
     with torch.no_grad():
         a, b = ours(x, mask), theirs(x, bool_masked_pos=mask)
-    assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
+        emb_ours = ours.videomae.embeddings(x, mask)
+        emb_all = ours.videomae.embeddings(x, None)
+    assert (a.logits - b.logits).abs().max() < 1e-5 and (a.loss - b.loss).abs() < 1e-6
+    assert torch.allclose(emb_ours, emb_all[~mask].reshape(emb_ours.shape), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["mean-pool", "token0-no-normpix", "odd-widths-no-qv-bias"])

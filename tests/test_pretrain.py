@@ -15,7 +15,10 @@ import pytest
 import torch
 
 from vmae_cli.cli.app import main
+from vmae_cli.config import VideoMAEConfig
 from vmae_cli.data import EpochSampler, list_videos, multi_scale_crop_box
+from vmae_cli.masking import decoder_mask, tube_mask
+from vmae_cli.model import ShapeError, VideoMAEForPreTraining, pretraining_targets
 from vmae_cli.pretraining import resolve_recipe, run_pretraining, write_png
 from vmae_cli.recipe import PretrainRecipe, RecipeError, load_recipe, recipe_path, to_toml
 from vmae_cli.training import cosine_lr, no_weight_decay, param_groups
@@ -65,6 +68,40 @@ def test_loss_goes_down_and_run_folder_is_complete(videos, tmp_path):
     assert pre["frame_sampling"]["frames"] == 4 and pre["crop_size"] == {"height": 32, "width": 32}
     resolved = load_recipe(PretrainRecipe, run / "config.toml")
     assert resolved.optim.max_steps == 50 and resolved.data.num_sample == 2
+
+
+def test_dual_masking_trains_and_decodes_only_the_chosen_tokens(videos, tmp_path):
+    run = tmp_path / "run"
+    recipe = resolve_recipe(run, "tiny", ["mask.decoder_ratio=0.5", "run.preview_every=0"],
+                            {"optim.max_steps": 40, "run.workers": 0, "run.device": "cpu", "optim.lr": 3e-3}, False)  # fmt: skip
+    run_pretraining(recipe, str(videos), run, progress=False)
+    losses = [m["loss"] for m in _metrics(run)]
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05, losses
+    assert "decoder_ratio = 0.5" in (run / "config.toml").read_text()
+
+
+def test_decoder_mask_picks_masked_tokens_and_the_model_decodes_just_those():
+    config = VideoMAEConfig.from_preset("tiny")  # 32 tokens, 2 time steps
+    g = torch.Generator().manual_seed(0)
+    enc = tube_mask(config, 3, 0.75, generator=g)  # 24 masked per sample
+    dec = decoder_mask(enc, 0.5, generator=g)  # the decoder skips 16 of 32 tokens: 8 masked ones remain
+    assert dec.shape == enc.shape and not (dec & ~enc).any() and dec.sum(1).tolist() == [8, 8, 8]
+    per_step = dec.view(3, 2, 16).sum(1)  # chosen per token, not per tube: both time steps differ
+    assert (per_step == 1).any()
+    with pytest.raises(ValueError, match="decoder_ratio"):
+        decoder_mask(enc, 0.8)
+    torch.manual_seed(0)
+    model = VideoMAEForPreTraining(config).eval()
+    x = torch.randn(3, 4, 3, 32, 32)
+    with torch.no_grad():
+        full, same = model(x, enc), model(x, enc, decoder_mask=enc)
+        part = model(x, enc, decoder_mask=dec)
+    assert torch.equal(full.logits, same.logits) and torch.equal(full.loss, same.loss)
+    assert part.logits.shape == (3, 8, config.patch_dim)
+    target = pretraining_targets(x, dec, config)
+    assert torch.allclose(part.loss, torch.nn.functional.mse_loss(part.logits, target))
+    with pytest.raises(ShapeError, match="decoder_mask must pick"):
+        model(x, enc, decoder_mask=dec | ~enc)
 
 
 def test_output_loads_in_transformers_with_the_same_loss(videos, tmp_path):
@@ -166,8 +203,12 @@ def test_torchrun_two_processes_on_cpu(videos, tmp_path):
         (lambda d, e: ["x", "--out", str(d / "r"), "--set", "optim.nope=1"], "--set optim.nope: unknown key"),
         (lambda d, e: ["x", "--out", str(d / "r"), "--set", "optim.epochs=many"], "optim.epochs must be int"),
         (lambda d, e: ["x", "--out", str(d / "r"), "--config", "nosuch"], "not a recipe name"),
+        (
+            lambda d, e: ["x", "--out", str(d / "r"), "--set", "mask.decoder_ratio=0.8"],
+            "mask.decoder_ratio: ",
+        ),
     ],
-    ids=["empty-folder", "missing-data", "bad-set-key", "bad-set-type", "bad-config"],
+    ids=["empty-folder", "missing-data", "bad-set-key", "bad-set-type", "bad-config", "bad-decoder-ratio"],
 )
 def test_bad_inputs_give_one_line_errors(tmp_path, capsys, make_args, message):
     empty = tmp_path / "empty"

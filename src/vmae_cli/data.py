@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import VideoMAEConfig
 from .errors import UsageError
-from .masking import tube_mask
+from .masking import decoder_mask, tube_mask
 from .sampling import random_window_indices
 
 log = logging.getLogger(__name__)
@@ -213,9 +213,10 @@ class ClipSpec:
     num_sample: int = 1  # augmented clips per decoded window (VideoMAEv2 repeated sampling)
     mask_ratio: float = 0.9
     decode_threads: int = 1
+    decoder_ratio: float = 0.0  # VideoMAEv2 dual masking; 0 = the decoder reconstructs every masked token
 
     @classmethod
-    def for_model(cls, data, config, mask_ratio: float, task: str) -> ClipSpec:
+    def for_model(cls, data, config, mask_ratio: float, task: str, decoder_ratio: float = 0.0) -> ClipSpec:
         """The clip spec of a recipe's `data` section for a model config; frames/input_size 0 follow the model."""
         from .errors import UsageError
 
@@ -231,9 +232,14 @@ class ClipSpec:
             )
         if data.num_sample < 1:
             raise UsageError("data.num_sample must be >= 1")
+        if decoder_ratio:
+            try:  # the mask sizes depend on the model only: check once here, not in every worker
+                decoder_mask(tube_mask(config, 1, mask_ratio), decoder_ratio)
+            except ValueError as e:
+                raise UsageError(f"mask.decoder_ratio: {e}") from None
         short = data.short_side or round(size * 320 / 224)  # the original decoded K400 at 320 for 224 crops
         return cls(frames, data.stride, size, short, tuple(data.scales), data.flip, data.num_sample, mask_ratio,
-                   data.decode_threads)  # fmt: skip
+                   data.decode_threads, decoder_ratio)  # fmt: skip
 
 
 class PretrainDataset(torch.utils.data.Dataset):
@@ -259,7 +265,10 @@ class PretrainDataset(torch.utils.data.Dataset):
             return clips
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         masks = tube_mask(self.config, spec.num_sample, spec.mask_ratio, generator=g)
-        return {"pixel_values": clips, "bool_masked_pos": masks}  # uint8 (S, T, 3, size, size), bool (S, N)
+        item = {"pixel_values": clips, "bool_masked_pos": masks}  # uint8 (S, T, 3, size, size), bool (S, N)
+        if spec.decoder_ratio > 0:
+            item["decoder_mask"] = decoder_mask(masks, spec.decoder_ratio, generator=g)
+        return item
 
 
 def augmented_clips(path: str, spec, rng: np.random.Generator) -> torch.Tensor | dict:
@@ -294,11 +303,9 @@ def collate_clips(items: list[dict]) -> dict:
     failed = [it["failed"] for it in items if "failed" in it]
     if not good:
         return {"pixel_values": None, "bool_masked_pos": None, "failed": failed}
-    return {
-        "pixel_values": torch.cat([it["pixel_values"] for it in good]),  # uint8 (B*S, T, 3, H, W)
-        "bool_masked_pos": torch.cat([it["bool_masked_pos"] for it in good]),  # (B*S, N)
-        "failed": failed,
-    }
+    batch = {key: torch.cat([it[key] for it in good]) for key in good[0]}  # (B*S, T, 3, H, W), (B*S, N)...
+    batch["failed"] = failed
+    return batch
 
 
 def _worker_init(_: int) -> None:

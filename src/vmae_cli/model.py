@@ -216,11 +216,21 @@ class Embeddings(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> torch.Tensor:
-        x = self.patch_embeddings(pixel_values)
-        x = x + self.position_embeddings.to(x.dtype)
-        if bool_masked_pos is not None:  # keep the visible tokens, in their original order
-            x = x[~bool_masked_pos].reshape(x.shape[0], -1, x.shape[-1])
-        return x
+        if bool_masked_pos is None:
+            x = self.patch_embeddings(pixel_values)
+            return x + self.position_embeddings.to(x.dtype)
+        # Masked input: embed the visible tubelets only, as one matmul with the convolution's weights. Same
+        # result as embedding all and dropping the masked ones (transformers' order) up to float rounding, at
+        # 1 - mask_ratio of the cost, forward and backward.
+        proj = self.patch_embeddings.projection
+        B, D = pixel_values.shape[0], proj.out_channels
+        ts, ph, pw = proj.kernel_size
+        tubes = patchify(pixel_values, ts, (ph, pw))  # (B, N, ts*ph*pw, C)
+        keep = ~bool_masked_pos
+        tubes = tubes[keep].reshape(B, -1, ts, ph, pw, tubes.shape[-1]).permute(0, 1, 5, 2, 3, 4)
+        x = F.linear(tubes.flatten(2), proj.weight.reshape(D, -1), proj.bias)  # weight order (C, ts, ph, pw)
+        pos = self.position_embeddings.to(x.dtype).expand(B, -1, -1)
+        return x + pos[keep].reshape(B, -1, D)
 
 
 # ---- models ----------------------------------------------------------------------------------------------
@@ -386,7 +396,7 @@ def patchify(frames: torch.Tensor, tubelet: int, patch: tuple[int, int]) -> torc
     """(B, T, C, H, W) -> (B, N, tubelet*ph*pw, C): the pixels of each token, channel last."""
     B, T, C, H, W = frames.shape
     ph, pw = patch
-    x = frames.view(B, T // tubelet, tubelet, C, H // ph, ph, W // pw, pw)
+    x = frames.reshape(B, T // tubelet, tubelet, C, H // ph, ph, W // pw, pw)
     x = x.permute(0, 1, 4, 6, 2, 5, 7, 3).contiguous()  # (B, T', H', W', ts, ph, pw, C)
     return x.view(B, -1, tubelet * ph * pw, C)
 
@@ -450,24 +460,53 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        decoder_mask: torch.Tensor | None = None,
     ):
+        """`decoder_mask` (B, N), optional: VideoMAEv2's dual masking. True marks the masked tokens the decoder
+        reconstructs (a subset of `bool_masked_pos`, the same count per sample); the others are left out of
+        the decoder and the loss. See `masking.decoder_mask`. Without it every masked token is decoded."""
         if bool_masked_pos is None:
             raise ShapeError(
                 "VideoMAEForPreTraining needs bool_masked_pos (B, N), True = masked; see vmae_cli.masking"
             )
         bool_masked_pos = self.videomae.check_inputs(pixel_values, bool_masked_pos)
+        decoded = (
+            bool_masked_pos
+            if decoder_mask is None
+            else self._check_decoder_mask(decoder_mask, bool_masked_pos)
+        )
         enc = self.videomae.encode(pixel_values, bool_masked_pos, output_attentions, output_hidden_states)
         x = self.encoder_to_decoder(enc.last_hidden_state)  # (B, N_visible, Dd)
         B, _, Dd = x.shape
         pos = self.position_embeddings.to(pixel_values.dtype).expand(B, -1, -1)
         pos_visible = pos[~bool_masked_pos].reshape(B, -1, Dd)
-        pos_masked = pos[bool_masked_pos].reshape(B, -1, Dd)
+        pos_masked = pos[decoded].reshape(B, -1, Dd)
         x = torch.cat([x + pos_visible, self.mask_token + pos_masked], dim=1)  # visible first, then masked
-        logits = self.decoder(x, pos_masked.shape[1])  # (B, N_masked, patch_dim)
-        labels = pretraining_targets(pixel_values, bool_masked_pos, self.config)
+        logits = self.decoder(x, pos_masked.shape[1])  # (B, N_decoded, patch_dim)
+        labels = pretraining_targets(pixel_values, decoded, self.config)
         loss = F.mse_loss(logits, labels.to(logits.dtype))
         out = VideoMAEForPreTrainingOutput(loss, logits, enc.hidden_states, enc.attentions)
         return out if return_dict is not False else out.to_tuple()
+
+    @staticmethod
+    def _check_decoder_mask(decoder_mask: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+        decoder_mask = decoder_mask.to(device=bool_masked_pos.device, dtype=torch.bool)
+        if decoder_mask.shape != bool_masked_pos.shape:
+            raise ShapeError(
+                f"decoder_mask must have the shape of bool_masked_pos {tuple(bool_masked_pos.shape)}, "
+                f"got {tuple(decoder_mask.shape)}"
+            )
+        counts = decoder_mask.sum(1)
+        if (
+            bool((decoder_mask & ~bool_masked_pos).any())
+            or bool(counts.min() != counts.max())
+            or not int(counts[0])
+        ):
+            raise ShapeError(
+                "decoder_mask must pick some of the masked tokens (True only where bool_masked_pos is True), "
+                "the same number in every sample"
+            )
+        return decoder_mask
 
 
 class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):

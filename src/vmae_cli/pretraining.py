@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .recipe import PretrainRecipe
 
 log = logging.getLogger(__name__)
+PREVIEW_MIN_SIZE = 128  # pixels per frame in a preview, at least
 PREVIEW_FRAMES = 8  # rows of a preview strip
 
 
@@ -61,7 +62,7 @@ def run_pretraining(
     dist = setup_distributed(r.run.device)
     try:
         config = VideoMAEConfig.from_pretrained(r.init or r.model)
-        spec = ClipSpec.for_model(r.data, config, r.mask.ratio, "pre-training")
+        spec = ClipSpec.for_model(r.data, config, r.mask.ratio, "pre-training", r.mask.decoder_ratio)
         paths = list_videos(data)
         sampler = EpochSampler(len(paths), o.batch_size, r.run.seed, dist.rank, dist.world)
         plan = plan_steps(o, len(paths), sampler.batches_per_epoch, spec.num_sample, dist.world)
@@ -115,7 +116,8 @@ def mae_loss(net, batch: dict) -> tuple[torch.Tensor, int]:
     from .data import normalize
 
     x = normalize(batch["pixel_values"])  # uint8 -> float32 on the device
-    return net(x, batch["bool_masked_pos"], return_dict=True).loss, x.shape[0]
+    out = net(x, batch["bool_masked_pos"], return_dict=True, decoder_mask=batch.get("decoder_mask"))
+    return out.loss, x.shape[0]
 
 
 # ---- previews -----------------------------------------------------------------------------------------------
@@ -174,6 +176,9 @@ def write_preview(model, batch: dict, path: Path) -> Path:
     if batch is None or batch.get("pixel_values") is None:
         return path
     strip = reconstruction_strip(model, batch["pixel_values"][0], batch["bool_masked_pos"][0])
+    scale = -(-PREVIEW_MIN_SIZE // model.config.image_hw[0])  # small inputs: pixels enlarged, not blurred
+    if scale > 1:
+        strip = strip.repeat(scale, axis=0).repeat(scale, axis=1)
     write_png(path, strip)
     return path
 

@@ -85,6 +85,7 @@ class PretrainData:
 @dataclass
 class PretrainMask:
     ratio: float = 0.9  # tube masking ratio (0.75 for small data such as UCF101)
+    decoder_ratio: float = 0.0  # VideoMAEv2 dual masking: share of all tokens the decoder skips (v2: 0.5)
 
 
 @dataclass
