@@ -100,7 +100,12 @@ def straight_decode(path: Path) -> np.ndarray:
 # name -> (file name, write_video kwargs); all tiny so the whole set writes in about a second
 GOOD = {
     "h264_mp4": ("h264.mp4", dict(num_frames=120, gop=10)),
-    "h264_bframes_mkv": ("h264b.mkv", dict(num_frames=60, gop=12, options={"bf": "3"})),
+    # b-adapt=0: B-frames whatever the content (x264 picks none for this pattern otherwise), b-pyramid: some
+    # of them references
+    "h264_bframes_mkv": (
+        "h264b.mkv",
+        dict(num_frames=60, gop=12, options={"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal"}),
+    ),
     "mpeg4_avi": ("mpeg4.avi", dict(num_frames=30, codec="mpeg4", gop=8)),
     "vp9_webm": (
         "vp9.webm",

@@ -354,7 +354,8 @@ class VideoReader:
         want, last = set(wanted.tolist()), int(wanted[-1])
         decoded: set[int] = set()
         first = True
-        for frame in _safe_decode(self._container, self._stream, self.path):
+        skip_before = first_pts if self._stream.codec_context.name in NONREF_SKIPPABLE else None
+        for frame in _safe_decode(self._container, self._stream, self.path, skip_before):
             self._check(deadline)
             t = frame.pts if frame.pts is not None else frame.dts
             j = int(np.searchsorted(index.pts, t)) if t is not None else -1
@@ -417,32 +418,53 @@ class VideoReader:
             )
 
 
-def _safe_decode(container, stream, path: str):
-    """Decoded frames of `stream`, skipping (with a warning) packets that fail to decode."""
+# Codecs whose non-reference frames nothing else is predicted from (H.264's nal_ref_idc = 0, MPEG-1/2/4
+# B-frames), so that FFmpeg may skip decoding them. HEVC is left out: its sub-layer non-reference pictures
+# can still be references for higher temporal layers.
+NONREF_SKIPPABLE = frozenset({"h264", "mpeg4", "mpeg2video", "mpeg1video"})
+
+
+def _safe_decode(container, stream, path: str, skip_before: int | None = None):
+    """Decoded frames of `stream`, skipping (with a warning) packets that fail to decode.
+
+    `skip_before` (a pts): packets shown before it are decoded only if other frames are predicted from them;
+    non-reference frames there (most B-frames) are skipped, as nobody wants them. Frame threads read the
+    setting as each packet is submitted.
+    """
     packets = container.demux(stream)
+    cc = stream.codec_context
+    skipping = False
     failures = 0
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            return
-        except av.error.FFmpegError as e:  # unreadable tail: flush what the decoder holds and stop
-            _warn(f"{path}: stopped reading ({_reason(e)}); later frames are unavailable")
+    try:
+        while True:
             try:
-                yield from stream.codec_context.decode(None)
-            except av.error.FFmpegError:
-                pass
-            return
-        try:
-            yield from packet.decode()
-        except av.error.FFmpegError as e:
-            failures += 1
-            if failures == 1:
-                _warn(f"{path}: skipped a corrupt packet at pts {packet.pts} ({_reason(e)})")
-            if failures > 1000:
-                raise VideoDecodeError(
-                    f"{path}: too many corrupt packets; the file is damaged, re-encode it"
-                ) from e
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as e:  # unreadable tail: flush what the decoder holds and stop
+                _warn(f"{path}: stopped reading ({_reason(e)}); later frames are unavailable")
+                try:
+                    yield from cc.decode(None)
+                except av.error.FFmpegError:
+                    pass
+                return
+            if skip_before is not None:
+                skip = packet.pts is not None and packet.pts < skip_before
+                if skip != skipping:
+                    cc.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
+            try:
+                yield from packet.decode()
+            except av.error.FFmpegError as e:
+                failures += 1
+                if failures == 1:
+                    _warn(f"{path}: skipped a corrupt packet at pts {packet.pts} ({_reason(e)})")
+                if failures > 1000:
+                    raise VideoDecodeError(
+                        f"{path}: too many corrupt packets; the file is damaged, re-encode it"
+                    ) from e
+    finally:
+        if skipping:  # the reader decodes again later: leave the decoder as found
+            cc.skip_frame = "DEFAULT"
 
 
 def _quarter_turns(degrees: float | None) -> int:
