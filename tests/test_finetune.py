@@ -213,6 +213,16 @@ def test_resume_continues_exactly(data, tmp_path):
     assert [m["step"] for m in _metrics(cut)] == [m["step"] for m in _metrics(whole)]
 
 
+def test_val_every_validates_every_nth_epoch_and_the_last(data, tmp_path):
+    run = tmp_path / "run"
+    flags = {**FAST, "optim.max_steps": 5}  # one step per epoch (12 clips, batch 12)
+    run_finetuning(resolve_recipe(run, "tiny", [*SETS, "val_every=2"], flags, False), str(data), run,
+                   progress=False)  # fmt: skip
+    validated = [m["step"] for m in _metrics(run) if "val_top1" in m]
+    assert validated == [2, 4, 5]
+    assert (run / "model" / "model.safetensors").is_file()
+
+
 # ---- models to start from --------------------------------------------------------------------------------------
 def test_init_from_pretraining_classifier_and_preset(tmp_path, caplog):
     labels = {0: "left", 1: "right"}

@@ -52,6 +52,7 @@ class FinetuneRecipe:
     model: str = "base"  # INIT: pre-training checkpoint, classifier, or preset name (from scratch); --model
     drop_path: float = 0.1
     head_dropout: float = 0.0
+    val_every: int = 1  # epochs between validations; the last epoch is always validated
     data: FinetuneData = field(default_factory=FinetuneData)
     augment: FinetuneAugment = field(default_factory=FinetuneAugment)
     optim: OptimRecipe = field(default_factory=lambda: OptimRecipe(
@@ -337,6 +338,7 @@ class EpochEnd:
         acc = validate(self.model, self.val_set, self.proc, self.sampling, self.dist.device, r.run.workers,
                        r.optim.batch_size, self.dist if shard else None)  # fmt: skip
         record = {"val_top1": round(acc.top1, 6), "val_top5": round(acc.top5, 6), "val_count": acc.count}
+        state.extra["validated_step"] = state.step
         if acc.top1 > state.extra.get("best_val_top1", -1.0):
             state.extra.update(best_val_top1=acc.top1, best_step=state.step)
             if self.dist.is_main:
@@ -354,7 +356,7 @@ class EpochEnd:
         record: dict = {"epoch": epoch}
         if counts[1] > 0:
             record["train_top1"] = round(float(counts[0] / counts[1]), 6)
-        if self.val_set is not None:
+        if self.val_set is not None and (epoch + 1) % max(self.recipe.val_every, 1) == 0:
             record.update(self.check(state, shard=True))  # the summed counts: every rank decides alike
         return record
 
@@ -363,7 +365,7 @@ class EpochEnd:
         state = self.trainer.state
         if self.val_set is None:
             self.save(model, folder)
-        elif state.step % self.steps_per_epoch:  # a last partial epoch was not validated yet
+        elif state.extra.get("validated_step") != state.step:  # the last steps were not validated yet
             self.run.append_metrics({"step": state.step, **self.check(state, shard=False)})
         elif not (folder / "model.safetensors").is_file():
             self.save(model, folder)
