@@ -20,7 +20,7 @@ from vmae_cli.data import EpochSampler, list_videos, multi_scale_crop_box
 from vmae_cli.masking import decoder_mask, tube_mask
 from vmae_cli.model import ShapeError, VideoMAEForPreTraining, pretraining_targets
 from vmae_cli.pretraining import resolve_recipe, run_pretraining, write_png
-from vmae_cli.recipe import PretrainRecipe, RecipeError, load_recipe, recipe_path, to_toml
+from vmae_cli.recipe import OptimRecipe, PretrainRecipe, RecipeError, load_recipe, recipe_path, to_toml
 from vmae_cli.training import cosine_lr, no_weight_decay, param_groups
 
 from .conftest import REPO
@@ -233,6 +233,20 @@ def test_schedule_warms_up_then_follows_a_cosine():
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.55) and lrs[100] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_lr_plan_scales_with_the_batch_and_an_absolute_lr_keeps_the_floor_below_it():
+    from vmae_cli.training import plan_steps
+
+    optim = OptimRecipe(batch_size=16, epochs=10, warmup_epochs=1.0, blr=0.3, min_lr=0.05, warmup_lr=0.0)
+    plan = plan_steps(optim, 160, 10, clips_per_video=1, world=2)  # global batch 32
+    assert plan.peak == pytest.approx(0.3 * 32 / 256)
+    assert plan.schedule.min_lr == pytest.approx(0.05 * 32 / 256) and plan.schedule.warmup_steps == 10
+    optim.lr = 2e-3  # below what min_lr alone would scale to: the cosine must still only go down
+    plan = plan_steps(optim, 160, 10, clips_per_video=1, world=2)
+    assert plan.schedule.min_lr == pytest.approx(2e-3 / 6)
+    lrs = [plan.schedule(s) for s in range(10, plan.total + 1)]
+    assert lrs[0] == pytest.approx(2e-3) and all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 def test_no_weight_decay_on_biases_norms_and_mask_token():

@@ -45,8 +45,8 @@ class OptimRecipe:
     warmup_steps: int = -1  # >= 0 overrides warmup_epochs
     blr: float = 1.5e-4  # base lr per 256 clips
     lr: float = 0.0  # > 0: the absolute peak lr, instead of blr x global batch / 256
-    min_lr: float = 1e-5  # per 256 clips, like blr
-    warmup_lr: float = 1e-6  # per 256 clips, like blr
+    min_lr: float = 1e-5  # per 256 clips, like blr (with an absolute lr: min_lr / blr of it)
+    warmup_lr: float = 1e-6  # per 256 clips, like blr (with an absolute lr: warmup_lr / blr of it)
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max gradient norm; 0 = no clipping (VideoMAE v1 pre-training does not clip)
