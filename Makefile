@@ -25,10 +25,9 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-# The README's first command: set up, build a small random-weight model, and describe it.
+# The README's first command: set up, then classify the bundled clips with the bundled model, offline.
 demo: install
-	$(PY) scripts/build_tiny_model.py .cache/demo-model > /dev/null
-	$(VENV)/bin/vmae info .cache/demo-model
+	HF_HUB_OFFLINE=1 $(VENV)/bin/vmae classify examples/motion/*.mp4 --model models/motion --top-k 3
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -144,7 +144,7 @@ def test_presets_have_the_published_shapes(name):
 
 
 def test_preset_names():
-    assert preset_names() == ["base", "huge", "large", "small", "tiny"]
+    assert preset_names() == ["base", "huge", "large", "mini", "small", "tiny"]
     small = VideoMAEConfig.from_preset("small")
     assert (small.hidden_size, small.num_attention_heads, small.decoder_hidden_size) == (384, 6, 192)
     with pytest.raises(ConfigError, match="unknown preset 'gigantic'"):

@@ -92,7 +92,7 @@ class PretrainMask:
 class PretrainRecipe:
     """Everything `vmae pretrain` needs besides DATA and the run folder."""
 
-    model: str = "base"  # preset name (tiny, small, base, large, huge), model folder, or config.json
+    model: str = "base"  # preset name (mini, tiny, small, base, large, huge), model folder, or config.json
     init: str = ""  # start from these weights (folder or Hub id); empty: random init
     drop_path: float = 0.0
     data: PretrainData = field(default_factory=PretrainData)

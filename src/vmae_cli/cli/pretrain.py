@@ -57,7 +57,7 @@ def pretrain(
         str | None,
         typer.Option(
             "--model-config",
-            help="Architecture: a preset (tiny, small, base, large, huge) or a model folder.",
+            help="Architecture: a preset (mini, tiny, small, base, large, huge) or a model folder.",
             show_default=False,
         ),
     ] = None,
