@@ -63,8 +63,8 @@ def make_video_from(path: Path, source: Path, width: int, height: int) -> Path:
         )
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in src.decode(video=0):
-            frame = frame.reformat(width=width, height=height, format="yuv420p")
-            frame.pts, frame.pict_type = None, 0  # 0: let x264 choose (the source's I-frames would be forced)
+            # a new frame: no timestamps or picture type carried over (the source's I-frames would be forced)
+            frame = av.VideoFrame.from_ndarray(frame.to_ndarray(width=width, height=height, format="rgb24"))
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
