@@ -670,11 +670,9 @@ def plan_steps(optim, num_videos: int, batches_per_epoch: int, clips_per_video: 
     else:
         warmup = round(optim.warmup_epochs * steps_per_epoch)
     global_batch = optim.batch_size * clips_per_video * optim.accum * world
-    scale = scaled_lr(1.0, global_batch)  # per-256-clip values -> this global batch
-    if (
-        optim.lr > 0 and optim.blr > 0
-    ):  # an absolute peak: the floor and the warmup start keep their ratio to it
-        scale = optim.lr / optim.blr
+    # per-256-clip values -> this global batch; with an absolute peak lr, the floor and the warmup start keep
+    # their ratio to it instead
+    scale = optim.lr / optim.blr if optim.lr > 0 and optim.blr > 0 else scaled_lr(1.0, global_batch)
     peak = optim.lr if optim.lr > 0 else optim.blr * scale
     schedule = Schedule(peak, total, min(warmup, total), optim.min_lr * scale, optim.warmup_lr * scale)
     return StepPlan(steps_per_epoch, total, global_batch, peak, schedule)
