@@ -225,9 +225,9 @@ def test_unreliable_timestamps_fall_back_to_counting(tmp_path):
         np.testing.assert_array_equal(r.get_frames([14, 2, 7]), ref[[14, 2, 7]])
 
 
-def test_non_reference_frames_before_the_window_are_skipped_yet_frames_stay_exact(tmp_path, monkeypatch):
-    """B-frames that nothing is predicted from are not decoded before the first wanted frame (frame threads:
-    the picture is large enough for them); what comes out still equals a straight decode."""
+def test_unwanted_non_reference_frames_are_skipped_yet_frames_stay_exact(tmp_path, monkeypatch):
+    """B-frames that nothing is predicted from are not decoded unless wanted, before the window or inside it
+    (frame threads: the picture is large enough for them); what comes out still equals a straight decode."""
     path = write_video(tmp_path / "bpyramid.mp4", 90, size=(352, 288), gop=90,
                        options={"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal:scenecut=0"})  # fmt: skip
     ref = straight_decode(path)
@@ -244,8 +244,10 @@ def test_non_reference_frames_before_the_window_are_skipped_yet_frames_stay_exac
         for idx in (np.arange(60, 90, 2), np.arange(30, 46, 4), np.array([89, 70, 71])):
             seen.clear()
             np.testing.assert_array_equal(r.get_frames(idx), ref[idx])
-            before = [t for t in seen if t < r.frame_index().pts[idx.min()]]
+            start = r.frame_index().pts[idx.min()]
+            before, within = [t for t in seen if t < start], [t for t in seen if t >= start]
             assert len(before) < 0.75 * idx.min(), (len(before), idx.min())  # about half are non-reference
+            assert len(within) < idx.max() - idx.min() + 1 and len(within) >= len(set(idx))
         seen.clear()
         np.testing.assert_array_equal(r.get_frames(np.arange(90)), ref)  # nothing skipped from frame 0 on
         assert len(seen) == 90

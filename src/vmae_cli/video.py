@@ -354,8 +354,10 @@ class VideoReader:
         want, last = set(wanted.tolist()), int(wanted[-1])
         decoded: set[int] = set()
         first = True
-        skip_before = first_pts if self._stream.codec_context.name in NONREF_SKIPPABLE else None
-        for frame in _safe_decode(self._container, self._stream, self.path, skip_before):
+        keep = (
+            {int(index.pts[j]) for j in want} if self._stream.codec_context.name in NONREF_SKIPPABLE else None
+        )
+        for frame in _safe_decode(self._container, self._stream, self.path, keep):
             self._check(deadline)
             t = frame.pts if frame.pts is not None else frame.dts
             j = int(np.searchsorted(index.pts, t)) if t is not None else -1
@@ -418,18 +420,19 @@ class VideoReader:
             )
 
 
-# Codecs whose non-reference frames nothing else is predicted from (H.264's nal_ref_idc = 0, MPEG-1/2/4
-# B-frames), so that FFmpeg may skip decoding them. HEVC is left out: its sub-layer non-reference pictures
-# can still be references for higher temporal layers.
-NONREF_SKIPPABLE = frozenset({"h264", "mpeg4", "mpeg2video", "mpeg1video"})
+# Codecs whose non-reference frames nothing else is predicted from (H.264's nal_ref_idc = 0, MPEG-1/2
+# B-frames) and whose packets hold one frame each, so that a packet's pts names its frame. Left out: HEVC
+# (its sub-layer non-reference pictures can still be references for higher temporal layers) and MPEG-4
+# part 2 (AVI's packed B-frames put two frames in one packet).
+NONREF_SKIPPABLE = frozenset({"h264", "mpeg2video", "mpeg1video"})
 
 
-def _safe_decode(container, stream, path: str, skip_before: int | None = None):
+def _safe_decode(container, stream, path: str, keep: set[int] | None = None):
     """Decoded frames of `stream`, skipping (with a warning) packets that fail to decode.
 
-    `skip_before` (a pts): packets shown before it are decoded only if other frames are predicted from them;
-    non-reference frames there (most B-frames) are skipped, as nobody wants them. Frame threads read the
-    setting as each packet is submitted.
+    `keep` (a set of pts): frames with other timestamps are decoded only if other frames are predicted from
+    them; non-reference frames (most B-frames) that nobody wants are skipped. Frame threads read the setting
+    as each packet is submitted.
     """
     packets = container.demux(stream)
     cc = stream.codec_context
@@ -448,8 +451,8 @@ def _safe_decode(container, stream, path: str, skip_before: int | None = None):
                 except av.error.FFmpegError:
                     pass
                 return
-            if skip_before is not None:
-                skip = packet.pts is not None and packet.pts < skip_before
+            if keep is not None:
+                skip = packet.pts is not None and packet.pts not in keep
                 if skip != skipping:
                     cc.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
             try:
