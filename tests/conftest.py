@@ -45,3 +45,30 @@ def run_vmae(*args: str, input: str | None = None, env: dict | None = None, time
         timeout=timeout,
         cwd=REPO,
     )
+
+
+def vmae_in_process(capsys, *args):
+    """Run the CLI in this process; returns (exit code, stdout, stderr)."""
+    from vmae_cli.cli.app import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """A run folder's metrics.jsonl, one dict per line."""
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def load_script(name: str):
+    """A module from scripts/ (not a package), e.g. load_script("make_synthetic")."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

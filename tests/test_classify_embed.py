@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.cli.app import main
-
-from .conftest import REPO, run_vmae
+from .conftest import REPO, run_vmae, vmae_in_process
 from .models import TINY_PREPROCESSOR, tiny_classifier, tiny_pretraining
 from .videos import write_video
 
@@ -37,12 +35,7 @@ def classifier(tmp_path_factory):
     return tiny_classifier(tmp_path_factory.mktemp("cls"))
 
 
-def vmae(capsys, *args):
-    """Run the CLI in this process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+vmae = vmae_in_process
 
 
 def videos(corpus):

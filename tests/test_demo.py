@@ -4,7 +4,6 @@ makes now, with a seed the training never saw."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 
 from vmae_cli.model import VideoMAEForPreTraining, VideoMAEForVideoClassification
 
-from .conftest import REPO, run_vmae
+from .conftest import REPO, load_script, run_vmae
 
 CLASSIFIER, ENCODER, EXAMPLES = (
     REPO / "models" / "motion",
@@ -23,10 +22,7 @@ CLASSIFIER, ENCODER, EXAMPLES = (
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("make_synthetic", REPO / "scripts" / "make_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_synthetic")
 
 
 def test_make_demo_classifies_every_bundled_clip_correctly():

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.cli.app import main
 from vmae_cli.evaluation import Accuracy, finetune_splits, load_labelled
 from vmae_cli.finetuning import (
     ClassificationLoss,
@@ -24,6 +23,7 @@ from vmae_cli.finetuning import (
     run_finetuning,
 )  # fmt: skip
 
+from .conftest import load_script, read_metrics, vmae_in_process
 from .models import tiny_classifier, tiny_pretraining
 
 LABELS = {"left": (-3, (32, 30, 28, 31)), "right": (3, (0, 2, 4, 1)), "still": (0, (4, 14, 24, 30))}
@@ -78,16 +78,7 @@ def trained(data, tmp_path_factory) -> Path:
     return run
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def vmae(capsys, *args):
-    """Run the CLI in this process; returns (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+_metrics, vmae = read_metrics, vmae_in_process
 
 
 # ---- fine-tuning ------------------------------------------------------------------------------------------------
@@ -307,15 +298,9 @@ def test_integer_labels_sort_numerically(tmp_path):
 
 
 def test_synthetic_generator_writes_the_layout(tmp_path):
-    import importlib.util
-
     from vmae_cli.video import VideoReader
 
-    from .conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("make_synthetic", REPO / "scripts" / "make_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("make_synthetic")
     module.make_dataset(tmp_path, unlabelled=1, train=1, val=1, samples=1)
     assert len(list((tmp_path / "unlabelled").glob("*.mp4"))) == len(module.MOTIONS)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(module.MOTIONS)

@@ -23,7 +23,7 @@ from vmae_cli.pretraining import resolve_recipe, run_pretraining, write_png
 from vmae_cli.recipe import OptimRecipe, PretrainRecipe, RecipeError, load_recipe, recipe_path, to_toml
 from vmae_cli.training import cosine_lr, no_weight_decay, param_groups
 
-from .conftest import REPO
+from .conftest import REPO, read_metrics
 from .videos import write_video
 
 TINY = ["--model-config", "tiny", "--workers", "0", "--device", "cpu", "--dtype", "fp32"]
@@ -39,8 +39,7 @@ def videos(tmp_path_factory) -> Path:
     return root
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+_metrics = read_metrics
 
 
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:

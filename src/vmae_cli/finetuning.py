@@ -293,9 +293,7 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         preprocessor = run_preprocessor_config(spec)  # frame_sampling: the training window, one central view
         sampling = SamplingSpec(mode="window", frames=spec.frames, stride=spec.stride)
         loss_fn = ClassificationLoss(config.num_labels, r.augment)
-        epoch_end = EpochEnd(
-            model, loss_fn, val_set, preprocessor, sampling, run, dist, r, plan.steps_per_epoch
-        )
+        epoch_end = EpochEnd(model, loss_fn, val_set, preprocessor, sampling, run, dist, r)
         hooks = epoch_end.hooks()
         trainer = Trainer(model, loss_fn, optimizer, plan.schedule, loader, sampler, run, settings, dist, precision,
                           hooks, compile=r.run.compile)  # fmt: skip
@@ -315,11 +313,11 @@ class EpochEnd:
     """
 
     def __init__(self, model, loss_fn: ClassificationLoss, val_set, preprocessor: dict, sampling, run, dist,
-                 recipe: FinetuneRecipe, steps_per_epoch: int):  # fmt: skip
+                 recipe: FinetuneRecipe):  # fmt: skip
         from .preprocess import Preprocessor
 
         self.model, self.loss_fn, self.val_set, self.run, self.dist = model, loss_fn, val_set, run, dist
-        self.recipe, self.steps_per_epoch, self.sampling = recipe, steps_per_epoch, sampling
+        self.recipe, self.sampling = recipe, sampling
         self.proc = Preprocessor.from_dict(preprocessor)
         self.preprocessor = {**preprocessor, "frame_sampling": sampling.to_dict()}
         self.trainer = None
