@@ -640,6 +640,10 @@ def fit_run(trainer: Trainer, run: RunFolder, dist: Dist, recipe_toml: str, resu
     if dist.is_main and state.skipped:
         lines = "".join(f"{p}\t{reason}\n" for p, reason in sorted(state.skipped.items()))
         atomic_write_text(run.root / "skipped.txt", lines)
+    # the other ranks wait for rank 0's last writes (the final model): a process group torn down under it can
+    # abort gloo ("terminate called without an active exception")
+    if dist.enabled:
+        torch.distributed.barrier()
     return state
 
 
