@@ -1,8 +1,11 @@
 """VideoReader: exact frames for every codec/container/pixel format, seeking, rotation, VFR, faults."""
 
+import errno
+import os
 import time
 import warnings
 
+import av
 import numpy as np
 import pytest
 
@@ -14,6 +17,7 @@ from vmae_cli.video import (
     VideoDecodeError,
     VideoError,
     VideoNotFoundError,
+    VideoPermissionError,
     VideoReader,
     VideoTimeoutError,
 )
@@ -25,6 +29,7 @@ from .videos import (
     remux_with_garbage,
     straight_decode,
     write_audio,
+    write_audio_with_cover,
     write_video,
 )
 
@@ -44,6 +49,11 @@ def bad(tmp_path_factory, videos):
     whole = videos["h264_mp4"].read_bytes()
     (d / "truncated.mp4").write_bytes(whole[: len(whole) // 2])  # PyAV writes the moov atom last
     write_audio(d / "audio.mka")
+    write_audio_with_cover(d / "cover.m4a")
+    # a leading moov atom cut short: FFmpeg finds a data stream of no known codec, or a codec-less video one
+    head = write_video(d / "head.mp4", 10, container_options={"movflags": "faststart"}).read_bytes()
+    (d / "head300.mp4").write_bytes(head[:300])
+    (d / "head400.mp4").write_bytes(head[:400])
     return {
         "missing": (d / "nope.mp4", VideoNotFoundError),
         "folder": (d, VideoNotFoundError),
@@ -52,6 +62,9 @@ def bad(tmp_path_factory, videos):
         "text": (d / "notes.txt", VideoDecodeError),
         "truncated_mp4": (d / "truncated.mp4", VideoDecodeError),
         "audio_only": (d / "audio.mka", NoVideoStreamError),
+        "cover_art": (d / "cover.m4a", NoVideoStreamError),
+        "moov_cut_short": (d / "head300.mp4", VideoDecodeError),
+        "moov_cut_short_codec_unknown": (d / "head400.mp4", VideoDecodeError),
     }
 
 
@@ -79,7 +92,9 @@ def test_any_indices_equal_a_straight_decode(videos, name):
             )[::-1]
 
 
-@pytest.mark.parametrize("name", ["h264_mp4", "h264_bframes_mkv", "mpeg4_avi", "vp9_webm"])
+@pytest.mark.parametrize(
+    "name", ["h264_mp4", "h264_bframes_mkv", "mpeg4_avi", "vp9_webm", "intra_refresh_mkv"]
+)
 def test_windows_after_a_seek_are_exact_and_really_seek(videos, name, monkeypatch):
     path = videos[name]
     ref = straight_decode(path)
@@ -159,9 +174,8 @@ def test_overstated_header_is_clamped_to_the_last_decodable_frame(videos, tmp_pa
     cut.write_bytes(whole[: int(len(whole) * 0.6)])  # the header still says 60 frames (2.4 s)
     last = frame_number(straight_decode(cut)[-1])
     with VideoReader(cut) as r:
-        assert r.num_frames >= 55  # the header estimate, before anything is counted
-        n = r.count_frames()
-        assert 5 < n < 55
+        n = r.num_frames  # what is really there, not the 60 frames (2.4 s) the header claims
+        assert 5 < n < 55 and r.count_frames() == n == len(straight_decode(cut))
         frames = r.get_frames([0, n - 1, 59])
     assert [frame_number(f) for f in frames] == [0, last, last]
 
@@ -189,7 +203,19 @@ def test_corrupt_bytes_mid_file_never_crash(videos, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "folder", "empty", "random", "text", "truncated_mp4", "audio_only"]
+    "case",
+    [
+        "missing",
+        "folder",
+        "empty",
+        "random",
+        "text",
+        "truncated_mp4",
+        "audio_only",
+        "cover_art",
+        "moov_cut_short",
+        "moov_cut_short_codec_unknown",
+    ],
 )
 def test_bad_input_raises_the_right_error_quickly(bad, case):
     path, error = bad[case]
@@ -251,3 +277,97 @@ def test_unwanted_non_reference_frames_are_skipped_yet_frames_stay_exact(tmp_pat
         seen.clear()
         np.testing.assert_array_equal(r.get_frames(np.arange(90)), ref)  # nothing skipped from frame 0 on
         assert len(seen) == 90
+
+
+def test_num_frames_and_duration_are_exact_whatever_the_header_says(videos, tmp_path):
+    """Matroska has no frame count: duration x rate was far off for a late start or a variable rate."""
+    late = write_video(tmp_path / "late.mkv", 20, pts=[40_000 + 40 * i for i in range(20)])  # starts at 40 s
+    with VideoReader(late) as r:
+        assert r.num_frames == 20 and r.duration == pytest.approx(0.8)
+    with VideoReader(videos["vfr_mkv"]) as r:
+        assert r.num_frames == 30
+
+
+def test_mp4_edit_list_hides_frames_before_its_start(tmp_path):
+    """A file cut without re-encoding starts after a keyframe: the frames before the cut are in the file
+    (decoded as references), flagged discard, and not part of the video."""
+    path = write_video(tmp_path / "trimmed.mp4", 30, gop=10, pts=[(i - 5) * 40 for i in range(30)])
+    ref = straight_decode(path)
+    assert len(ref) == 25 and frame_number(ref[0]) == 5
+    with VideoReader(path) as r:
+        assert r.num_frames == r.count_frames() == 25
+        idx = [24, 0, 12, 13]
+        np.testing.assert_array_equal(r.get_frames(idx), ref[idx])
+
+
+def test_cut_short_mp4_with_leading_moov_counts_what_is_there(tmp_path):
+    """A faststart MP4 cut short still lists every sample in its moov: the count comes from the packets."""
+    whole = write_video(tmp_path / "whole.mp4", 60, gop=10, container_options={"movflags": "faststart"})
+    with av.open(str(whole)) as c:
+        sample = c.streams.video[0].index_entries[30]  # the 31st packet, in file order
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: sample.pos + sample.size // 2])  # cut in the middle of it
+    ref = straight_decode(cut, skip_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the last packet is cut mid-way
+        with VideoReader(cut) as r:
+            n = r.count_frames()
+            assert len(ref) <= n <= len(ref) + 1 < 40
+            frames = r.get_frames([0, n - 1, 59])
+    last = frame_number(ref[-1])
+    assert [frame_number(f) for f in frames] == [0, last, last]
+
+
+def test_a_frame_that_does_not_decode_takes_its_nearest_decoded_neighbour(tmp_path):
+    """Not the nearest *wanted* frame: asking for [0, last] with a damaged last packet gives the one before."""
+    src = write_video(tmp_path / "ip.mkv", 20, gop=10, options={"x264-params": "bframes=0"})
+    path = remux_with_garbage(src, tmp_path / "bad_end.mkv", {19})
+    with VideoReader(path) as r, pytest.warns(RuntimeWarning) as caught:
+        frames = r.get_frames([0, 19])
+    assert [frame_number(f) for f in frames] == [0, 18]
+    assert any("did not decode" in str(w.message) for w in caught)
+
+
+def test_unreadable_file_is_a_permission_error(videos, tmp_path, monkeypatch):
+    path = tmp_path / "locked.mp4"
+    path.write_bytes(videos["h264_mp4"].read_bytes())
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anything: have FFmpeg answer as it does for everyone else
+
+        def denied(*args, **kwargs):
+            raise av.error.PermissionError(errno.EACCES, "Permission denied", str(path))
+
+        monkeypatch.setattr(video_module.av, "open", denied)
+    with pytest.raises(VideoPermissionError, match="permission denied") as info:
+        VideoReader(path)
+    assert str(path) in str(info.value) and isinstance(info.value, VideoError)
+
+
+def test_avi_with_b_frames_is_named_by_counting(videos):
+    """AVI has no presentation times; FFmpeg's guesses follow decode order, so they cannot name frames."""
+    with VideoReader(videos["h264_bframes_avi"]) as r:
+        assert not r.frame_index().reliable
+        assert [frame_number(f) for f in r.get_frames([7, 2, 29, 3])] == [7, 2, 29, 3]
+
+
+def test_mpeg_ps_timestamps_that_move_after_a_seek_are_not_trusted(videos):
+    """MPEG-PS interpolates the timestamps of packets without one, differently after a seek."""
+    ref = straight_decode(videos["mpeg1_bframes_mpg"])
+    with VideoReader(videos["mpeg1_bframes_mpg"]) as r:
+        for start in range(0, 28):
+            idx = np.arange(start, min(start + 6, 30), 2)
+            np.testing.assert_array_equal(r.get_frames(idx), ref[idx])
+
+
+def test_a_stream_that_changes_size_midway_keeps_one_shape(tmp_path):
+    """Joined HLS renditions: frames after the switch are scaled to the size the header gives."""
+    a = write_video(tmp_path / "a.ts", 12, size=(64, 48), gop=6)
+    b = write_video(tmp_path / "b.ts", 12, size=(96, 64), gop=6, pts=[2000 + 40 * i for i in range(12)])
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    with VideoReader(joined) as r:
+        assert (r.width, r.height) == (64, 48) and r.count_frames() == 24
+        frames = r.get_frames([0, 11, 12, 23])
+        assert frames.shape == (4, 48, 64, 3)
+        assert [frame_number(f) for f in frames] == [0, 11, 0, 11]
+        assert r.get_frames([20]).shape == (1, 48, 64, 3) and (r.width, r.height) == (64, 48)

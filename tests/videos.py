@@ -49,10 +49,12 @@ def write_video(
     rotation: int | None = None,
     pts: list[int] | None = None,
     options: dict | None = None,
+    container_options: dict | None = None,
 ) -> Path:
-    """Write frames 0..num_frames-1 (width x height). `pts` in 1/1000 s makes a variable-rate file."""
+    """Write frames 0..num_frames-1 (width x height). `pts` in 1/1000 s makes a variable-rate file (or one
+    that starts late, or before 0: an MP4 hides frames before 0 behind an edit list)."""
     width, height = size
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=rate, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if gop is not None:
@@ -91,10 +93,40 @@ def write_audio(path: Path, seconds: float = 0.5) -> Path:
     return path
 
 
-def straight_decode(path: Path) -> np.ndarray:
-    """Every frame, decoded from the start with no seeking: the ground truth (N, H, W, 3)."""
+def write_audio_with_cover(path: Path, seconds: float = 0.5) -> Path:
+    """An .m4a with AAC audio and cover art: a one-picture "video" stream flagged as an attached picture."""
+    with av.open(str(path), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=44100)
+        cover = out.add_stream("png", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "rgb24"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(frame_picture(1, 32, 32), format="rgb24")
+        picture.pts = 0
+        for packet in [*cover.encode(picture), *cover.encode()]:
+            out.mux(packet)
+        for start in range(0, int(44100 * seconds), 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, start
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode():
+            out.mux(packet)
+    return path
+
+
+def straight_decode(path: Path, *, skip_errors: bool = False) -> np.ndarray:
+    """Every frame, decoded from the start with no seeking: the ground truth (N, H, W, 3).
+    `skip_errors`: packets that fail to decode (a damaged or cut-short file) are passed over."""
     with av.open(str(path)) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        if not skip_errors:
+            return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        frames = []
+        for packet in c.demux(video=0):
+            try:
+                frames += [f.to_ndarray(format="rgb24") for f in packet.decode()]
+            except av.error.FFmpegError:
+                pass
+        return np.stack(frames)
 
 
 # name -> (file name, write_video kwargs); all tiny so the whole set writes in about a second
@@ -118,6 +150,26 @@ GOOD = {
     "rgba_png_mov": ("rgba.mov", dict(num_frames=6, codec="png", pix_fmt="rgba")),
     "argb_qtrle_mov": ("argb.mov", dict(num_frames=6, codec="qtrle", pix_fmt="argb")),
     "odd_97x61_mkv": ("odd.mkv", dict(num_frames=12, size=(97, 61), pix_fmt="yuv444p", gop=4)),
+    # AVI stores no presentation times: with B-frames FFmpeg's guessed pts name the wrong frames
+    "h264_bframes_avi": (
+        "h264b.avi",
+        dict(num_frames=30, gop=12, options={"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal"}),
+    ),
+    # MPEG-PS: timestamps only on some packets, interpolated differently after a seek
+    "mpeg1_bframes_mpg": (
+        "mpeg1b.mpg",
+        dict(num_frames=30, codec="mpeg1video", size=(160, 120), gop=12, options={"bf": "2"}),
+    ),
+    # intra refresh: one IDR, then recovery points flagged as keyframes; after a seek to one, frames come
+    # out only once the picture has recovered
+    "intra_refresh_mkv": (
+        "intra_refresh.mkv",
+        dict(
+            num_frames=30,
+            size=(128, 96),
+            options={"x264-params": "intra-refresh=1:keyint=12:bframes=0:scenecut=0"},
+        ),
+    ),
     "one_frame_mp4": ("one.mp4", dict(num_frames=1)),
     "three_frames_mp4": ("three.mp4", dict(num_frames=3)),
 }

@@ -4,9 +4,11 @@ Frame index i is the i-th frame in presentation order. The reader builds that ma
 the video stream once without decoding (packet timestamps, sorted): milliseconds even for long
 files, exact for variable frame rates, and it counts what is really there rather than what the
 header claims. `get_frames` then seeks to the keyframe before the first wanted frame, decodes in
-order, names each decoded frame by its timestamp, and stops after the last wanted one. If
-timestamps are missing or ambiguous (some AVI/raw streams), or a seek lands after the wanted
-frame, it falls back to decoding from the start and counting.
+order, names each decoded frame by its timestamp, and stops after the last wanted one. A seek is
+trusted only if it lands on a keyframe of the index, at or before the first wanted frame; one that
+lands late (intra refresh) retries from an earlier keyframe. Timestamps that are missing or
+ambiguous (raw streams, AVI with B-frames), or that change after a seek (MPEG-PS), make it decode
+from the start and name frames by counting.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import av
 import numpy as np
@@ -37,6 +39,10 @@ class NoVideoStreamError(VideoError):
     """The file opens but holds no video stream (audio only, subtitles...)."""
 
 
+class VideoPermissionError(VideoError, PermissionError):
+    """The file exists but this process may not read it."""
+
+
 class VideoDecodeError(VideoError):
     """The file is not a readable video, or no frame of it decodes."""
 
@@ -56,7 +62,7 @@ class FrameIndex:
     pts: np.ndarray  # int64 (N,), stream time_base, sorted
     key_pts: np.ndarray  # int64 (K,), pts of keyframes, sorted
     key_seek: np.ndarray  # int64 (K,), timestamp to seek to for each keyframe: min(pts, dts)
-    reliable: bool  # False: timestamps missing or repeated, so frames are named by counting
+    reliable: bool  # False: timestamps missing, repeated or not trustworthy: frames are named by counting
     # True: from the mp4 sample table on a constant-rate grid, checked frame by frame while decoding
     approximate: bool = False
     dts_shift: int = 0  # pts - dts of the first frame (approximate index: to seek in the dts domain)
@@ -84,6 +90,10 @@ class VideoReader:
         if os.path.getsize(self.path) == 0:
             raise EmptyVideoError(f"{self.path}: the file is empty (0 bytes); re-copy or re-encode it")
         self._container, self._stream = self._open()
+        cc = self._stream.codec_context
+        # the stored picture size, as the header gives it; a stream that changes size midway (joined HLS
+        # renditions, video calls) is scaled to it, so that every call returns the same shape
+        self._stored_size = (cc.width, cc.height)
         self._reformatter = av.video.reformatter.VideoReformatter()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -94,6 +104,8 @@ class VideoReader:
             raise VideoTimeoutError(
                 f"{self.path}: opening took longer than {self.timeout:g} s; check the file or raise the time limit"
             ) from e
+        except av.error.PermissionError as e:
+            raise VideoPermissionError(f"{self.path}: permission denied; check the file's permissions") from e
         except av.error.FFmpegError as e:
             raise VideoDecodeError(
                 f"{self.path}: not a readable video ({_reason(e)}); check the file or re-encode it"
@@ -101,10 +113,28 @@ class VideoReader:
         if container.format.name == "tty":  # FFmpeg reads any text file as an "ANSI art" video
             container.close()
             raise VideoDecodeError(f"{self.path}: a text file, not a video; pass a video file")
-        if not container.streams.video:
+        if not any(s.type in ("video", "audio", "subtitle") for s in container.streams):
+            container.close()  # nothing, or only data streams of unknown codec: a header cut short, or not media
+            raise VideoDecodeError(
+                f"{self.path}: no audio or video stream found; the file is truncated or not a video, "
+                "re-copy or re-encode it"
+            )
+        # cover art (an attached picture) is a one-frame "video" stream in audio files: not a video
+        attached = av.stream.Disposition.attached_pic
+        videos = [s for s in container.streams.video if not s.disposition & attached]
+        if not videos:
             container.close()
-            raise NoVideoStreamError(f"{self.path}: no video stream (audio or data only); pass a video file")
-        stream = container.streams.video[0]
+            raise NoVideoStreamError(
+                f"{self.path}: no video stream (audio, cover art or data only); pass a video file"
+            )
+        decodable = [s for s in videos if s.codec_context is not None]
+        if not decodable:
+            container.close()
+            raise VideoDecodeError(
+                f"{self.path}: the video stream cannot be decoded (unsupported codec or damaged header); "
+                "re-encode it"
+            )
+        stream = decodable[0]
         # Frame threads pay off on large pictures (PyAV#1980); on tiny ones their hand-off costs more
         # than the decoding, so those keep slice threads.
         cc = stream.codec_context
@@ -121,8 +151,9 @@ class VideoReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"VideoReader({self.path!r}, {self.width}x{self.height}, {self.num_frames} frames @ {self.fps:.3f})"
+    def __repr__(self) -> str:  # never demuxes or decodes: a repr must not fail on a broken file
+        frames = len(self._index.pts) if self._index is not None else "?"
+        return f"VideoReader({self.path!r}, {frames} frames)"
 
     # -- metadata --------------------------------------------------------------------------------
     @property
@@ -135,28 +166,26 @@ class VideoReader:
 
     @property
     def duration(self) -> float:
-        """Seconds, from the stream header, else the container, else the frame timestamps."""
+        """Seconds, from the stream header, else from the frame timestamps (first to last frame, plus one).
+
+        The container's duration is not used: some demuxers count it from time 0 (a Matroska file whose
+        first frame is at 40 s "lasts" 41 s), others from the first frame.
+        """
         s = self._stream
         if s.duration and s.time_base:
             return float(s.duration * s.time_base)
-        if self._container.duration:
-            return self._container.duration / av.time_base
-        return self.count_frames() / self.fps
+        ts = self.timestamps
+        return float(ts[-1] - ts[0]) + 1.0 / self.fps
 
     @property
     def num_frames(self) -> int:
-        """The exact count once known, else the header value if it agrees with duration x fps."""
-        if self._index is not None:
-            return len(self._index.pts)
-        header = self._stream.frames
-        s = self._stream
-        has_duration = bool((s.duration and s.time_base) or self._container.duration)
-        if not has_duration:
-            return header if header > 0 else self.count_frames()
-        estimate = round(self.duration * self.fps)
-        if header > 0 and abs(header - estimate) <= max(2, 0.05 * header):
-            return header
-        return max(estimate, 1)
+        """The exact number of frames, as `count_frames()`.
+
+        Headers are not trusted: containers without a frame count (Matroska, WebM, MPEG-TS/PS, FLV) only
+        give a duration x rate estimate, which is far off for variable rates, late start times or bitrate
+        guesses, and even an MP4 count lists frames an edit list hides or a cut-short file lacks.
+        """
+        return self.count_frames()
 
     def count_frames(self) -> int:
         """The exact number of frames (demuxes the stream once, no decoding)."""
@@ -189,13 +218,13 @@ class VideoReader:
 
     @property
     def width(self) -> int:
-        cc = self._stream.codec_context
-        return cc.height if self.rotation in (90, 270) else cc.width
+        w, h = self._stored_size
+        return h if self.rotation in (90, 270) else w
 
     @property
     def height(self) -> int:
-        cc = self._stream.codec_context
-        return cc.width if self.rotation in (90, 270) else cc.height
+        w, h = self._stored_size
+        return w if self.rotation in (90, 270) else h
 
     def frame_index(self) -> FrameIndex:
         """Demux every packet once (no decoding) and keep their timestamps; cached."""
@@ -220,8 +249,16 @@ class VideoReader:
         # 65 evenly spaced entries instead; every decoded frame is checked against it as well.
         d0 = entries[0].timestamp
         step = entries[1].timestamp - d0
-        probes = np.unique(np.linspace(0, n - 1, num=min(n, 65)).astype(np.int64))
-        if step <= 0 or any(entries[int(i)].timestamp != d0 + int(i) * step for i in probes):
+        probes = np.unique(np.linspace(0, n - 1, num=min(n, 65)).astype(np.int64)).tolist()
+        if step <= 0 or any(entries[i].timestamp != d0 + i * step for i in probes):
+            return None
+        # An edit list that starts after the first sample (a file cut without re-encoding) hides the frames
+        # before it: FFmpeg keeps them, flagged discard, to decode from their keyframe. They sit at the start.
+        if any(entries[i].is_discard for i in [*range(min(n, 64)), *probes]):
+            return None
+        # A file cut short after a leading moov still lists every sample: check the table against the size.
+        size = os.path.getsize(self.path)
+        if any(entries[i].pos + entries[i].size > size for i in probes):
             return None
         container, stream = self._open()
         try:  # reordering is bounded, so the first pts is among the first few packets
@@ -240,6 +277,7 @@ class VideoReader:
         deadline = self._deadline()
         container, stream = self._open()
         ts, keys, seeks = [], [], []
+        offsets = set()  # pts - dts of every packet
         reliable = True
         try:
             packets = container.demux(stream)
@@ -256,9 +294,16 @@ class VideoReader:
                 if len(ts) % 512 == 0:
                     self._check(deadline)
                 t = packet.pts if packet.pts is not None else packet.dts
+                if packet.is_discard:  # before an MP4 edit list's start: decoded as a reference, never shown
+                    if packet.is_keyframe and t is not None:  # still where decoding the first frames starts
+                        keys.append(t)
+                        seeks.append(min(t, packet.dts) if packet.dts is not None else t)
+                    continue
                 if t is None:
                     reliable = False
                     t = len(ts)
+                elif packet.dts is not None:
+                    offsets.add(t - packet.dts)
                 ts.append(t)
                 if packet.is_keyframe:
                     keys.append(t)
@@ -272,7 +317,11 @@ class VideoReader:
         pts = pts[order]
         if reliable and np.any(np.diff(pts) == 0):
             reliable = False
-        if not keys or keys[0] != pts[0]:
+        # AVI stores no presentation times: FFmpeg derives them from decode order, so in a stream that
+        # reorders frames (B-frames) every pts is dts plus a constant and names the wrong frame.
+        if reliable and "avi" in self._container.format.name.split(",") and len(offsets) == 1:
+            reliable = not self._stream.codec_context.has_b_frames
+        if not keys or keys[0] > pts[0]:
             keys, seeks = [int(pts[0])] + keys, [int(pts[0])] + seeks  # decoding from the start always works
         key_order = np.argsort(keys, kind="stable")
         return FrameIndex(
@@ -289,7 +338,8 @@ class VideoReader:
             size: optional (width, height) of the output as displayed; swscale resizes during the
                 colour conversion (fast path; not bit-equal to the Preprocessor's resize).
         Returns:
-            uint8 (N, H, W, 3) RGB, upright (rotation applied).
+            uint8 (N, H, W, 3) RGB, upright (rotation applied). A frame that does not decode (a damaged
+            packet) is replaced, with a warning, by the nearest earlier frame that did, else the next one.
         """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if np.any(idx < 0):
@@ -297,104 +347,115 @@ class VideoReader:
         if len(idx) == 0:
             w, h = size if size is not None else (self.width, self.height)
             return np.empty((0, h, w, 3), dtype=np.uint8)
-        out = None  # allocated from the first converted frame, so rotation needs no extra probe
-        index = self.frame_index()
-        idx = np.minimum(idx, len(index.pts) - 1)
-        positions: dict[int, list[int]] = {}
-        for pos, j in enumerate(idx.tolist()):
-            positions.setdefault(j, []).append(pos)
-
-        def sink(j: int, frame: av.VideoFrame) -> None:  # convert once, write to every position wanting it
-            nonlocal out
-            rgb = self._to_rgb(frame, size)
-            if out is None:
-                out = np.empty((len(idx), *rgb.shape), dtype=np.uint8)
-            for pos in positions[j]:  # plain slice copies: fancy-index assignment is far slower
-                out[pos] = rgb
-
-        wanted = np.fromiter(sorted(positions), np.int64)
-        decoded = self._decode_seek(index, wanted, sink) if index.reliable else None
-        if decoded is None and index.approximate:
-            log.debug("%s: frames off the sample-table grid; demuxing for an exact index", self.path)
-            self._index = index = self._build_index()
-            return self.get_frames(indices, size)
-        if decoded is None:
-            decoded = self._decode_sequential(wanted, sink)
-        if not decoded or out is None:
+        deadline = self._deadline()  # one limit for the whole call, retries and fallbacks included
+        while True:
+            index = self.frame_index()
+            frames = _Frames(np.minimum(idx, len(index.pts) - 1), lambda f: self._to_rgb(f, size))
+            if not index.reliable:
+                self._decode_sequential(frames, deadline)
+                break
+            verdict = self._decode_seek(index, frames, deadline)
+            if verdict == "ok":
+                break
+            if index.approximate:  # the sample-table grid was wrong somewhere: demux for the exact index
+                log.debug("%s: frames off the sample-table grid; demuxing for an exact index", self.path)
+                self._index = self._build_index()
+            else:  # timestamps cannot name frames after a seek in this file: count from the start from now on
+                log.debug("%s: seeking is not exact here (%s); decoding from the start", self.path, verdict)
+                self._index = replace(index, reliable=False)
+        if frames.out is None:
             raise VideoDecodeError(
                 f"{self.path}: no frame could be decoded; the file may be corrupt, re-encode it"
             )
-        missing = [j for j in wanted.tolist() if j not in decoded]
-        if missing:
+        if frames.missing:
             _warn(
-                f"{self.path}: {len(missing)} frame(s) did not decode (e.g. {missing[0]}); using the nearest decoded frame"
+                f"{self.path}: {len(frames.missing)} frame(s) did not decode (e.g. {frames.missing[0]}); "
+                "using the nearest decoded frame"
             )
-            got = np.fromiter(sorted(decoded), np.int64)
-            for j in missing:  # nearest earlier decoded frame, else the first one after
-                k = int(got[max(int(np.searchsorted(got, j)) - 1, 0)])
-                out[positions[j]] = out[positions[k][0]]
-        return out
+        return frames.out
 
-    def _decode_seek(self, index: FrameIndex, wanted: np.ndarray, sink) -> set[int] | None:
-        """Seek to the keyframe at or before the first wanted frame; None if the seek was not exact."""
-        deadline = self._deadline()
-        first_pts = index.pts[wanted[0]]
+    def _decode_seek(self, index: FrameIndex, frames: _Frames, deadline: float | None) -> str:
+        """Seek to the keyframe at or before the first wanted frame and decode to the last one.
+
+        Returns "ok", or why the frames cannot be trusted: "late" (the seek landed after the first wanted
+        frame, or gave no frame; with an exact index, earlier keyframes are tried first), "unknown" (a
+        timestamp not in the index), "moved" (the keyframe reached is not one of the index: timestamps
+        differ after a seek), "unseekable" (the demuxer cannot seek).
+        """
+        first_pts = index.pts[frames.wanted[0]]
         if index.key_pts is None:  # sample-table index: FFmpeg finds the keyframe at or before the target
             target = int(first_pts - index.dts_shift)
-            k = 1 if target > index.pts[0] - index.dts_shift else 0
+            starts = [(1 if target > index.pts[0] - index.dts_shift else 0, target)]
         else:
             k = int(np.searchsorted(index.key_pts, first_pts, side="right")) - 1
-            target = int(index.key_seek[k])
+            # Intra refresh: frames after a recovery point only come out once the picture has recovered, so
+            # a seek can land late; an earlier keyframe has recovered by then. Back off k-1, k-2, k-4, ... 0
+            # (decoding from the start always works).
+            back = sorted({k, *(k - 2**i for i in range(k.bit_length()) if k - 2**i > 0), 0}, reverse=True)
+            starts = [(j, int(index.key_seek[j])) for j in back]
+        for k, target in starts:
+            frames.reset()
+            verdict = self._decode_from(index, k, target, frames, deadline)
+            if verdict != "late":
+                return verdict
+        return "late"
+
+    def _decode_from(self, index: FrameIndex, k: int, target: int, frames: _Frames, deadline) -> str:
         # Seeking to the first frame is skipped: some demuxers land oddly on negative start timestamps.
         if k > 0:
-            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+            try:
+                self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+            except av.error.FFmpegError as e:  # some demuxers cannot seek (raw streams)
+                log.debug("%s: seek failed (%s)", self.path, _reason(e))
+                return "unseekable"
+            keys = None if index.key_pts is None else set(index.key_pts.tolist())
         else:
             self._container.close()
             self._container, self._stream = self._open()
-        want, last = set(wanted.tolist()), int(wanted[-1])
-        decoded: set[int] = set()
-        first = True
+            keys = None
+        last = int(frames.wanted[-1])
         keep = (
-            {int(index.pts[j]) for j in want} if self._stream.codec_context.name in NONREF_SKIPPABLE else None
+            {int(index.pts[j]) for j in frames.wanted.tolist()}
+            if self._stream.codec_context.name in NONREF_SKIPPABLE
+            else None
         )
-        for frame in _safe_decode(self._container, self._stream, self.path, keep):
-            self._check(deadline)
-            t = frame.pts if frame.pts is not None else frame.dts
-            j = int(np.searchsorted(index.pts, t)) if t is not None else -1
-            if t is None or j >= len(index.pts) or index.pts[j] != t:
-                log.debug("%s: frame with unknown timestamp %s; decoding from the start", self.path, t)
-                return None
-            if first and j > wanted[0]:
-                log.debug(
-                    "%s: seek landed on frame %d after wanted %d; decoding from the start",
-                    self.path,
-                    j,
-                    wanted[0],
-                )
-                return None
-            first = False
-            if j in want:
-                sink(j, frame)
-                decoded.add(j)
-            if j >= last:
-                break
-        return decoded
+        previous = None
+        try:
+            for frame in _safe_decode(self._container, self._stream, self.path, keep, keys):
+                self._check(deadline)
+                t = frame.pts if frame.pts is not None else frame.dts
+                j = int(np.searchsorted(index.pts, t)) if t is not None else -1
+                if t is None or j >= len(index.pts) or index.pts[j] != t:
+                    log.debug("%s: frame with unknown timestamp %s", self.path, t)
+                    return "unknown"
+                if previous is not None and t <= previous:  # a damaged packet upset the decoder's reordering
+                    frames.late(j, frame)  # this frame was missed when a later one came out: put it back
+                    continue
+                previous = t
+                if frames.last is None and j > frames.wanted[0] and k > 0:
+                    log.debug("%s: seek landed on frame %d after wanted %d", self.path, j, frames.wanted[0])
+                    return "late"
+                frames.add(j, frame)
+                if j >= last:
+                    return "ok"
+        except _SeekMoved:
+            return "moved"
+        if frames.last is None and k > 0:
+            return "late"
+        frames.end()  # the stream ended before the last wanted frame: the real end is earlier
+        return "ok"
 
-    def _decode_sequential(self, wanted: np.ndarray, sink) -> set[int]:
+    def _decode_sequential(self, frames: _Frames, deadline: float | None) -> None:
         """Decode from the start and name frames by their output position."""
-        deadline = self._deadline()
         self._container.close()
         self._container, self._stream = self._open()
-        want, last = set(wanted.tolist()), int(wanted[-1])
-        decoded: set[int] = set()
+        last = int(frames.wanted[-1])
         for j, frame in enumerate(_safe_decode(self._container, self._stream, self.path)):
             self._check(deadline)
-            if j in want:
-                sink(j, frame)
-                decoded.add(j)
+            frames.add(j, frame)
             if j >= last:
-                break
-        return decoded
+                return
+        frames.end()
 
     def _to_rgb(self, frame: av.VideoFrame, size) -> np.ndarray:
         """One frame as uint8 (H, W, 3), resized by swscale if `size` is given, then made upright."""
@@ -403,10 +464,13 @@ class VideoReader:
             self.rotation // 90 if "rotate" in self._stream.metadata else 0
         )
         # One reformatter for the reader: it keeps its swscale context, where to_ndarray builds one per frame.
-        if size is None:
+        if size is None and (frame.width, frame.height) == self._stored_size:
             rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
         else:
-            w, h = size if turns % 2 == 0 else size[::-1]  # resize before turning the picture
+            if size is None:
+                w, h = self._stored_size
+            else:
+                w, h = size if turns % 2 == 0 else size[::-1]  # resize before turning the picture
             rgb = self._reformatter.reformat(frame, format="rgb24", width=w, height=h).to_ndarray()
         return np.rot90(rgb, turns) if turns else rgb
 
@@ -427,12 +491,79 @@ class VideoReader:
 NONREF_SKIPPABLE = frozenset({"h264", "mpeg2video", "mpeg1video"})
 
 
-def _safe_decode(container, stream, path: str, keep: set[int] | None = None):
+class _Frames:
+    """Where decoded frames go: each wanted frame is converted once and copied to every position wanting it.
+
+    Frames arrive in presentation order, named by index. A wanted frame that never comes out (its packet
+    is damaged) takes the nearest earlier frame that did, else the first one after it.
+    """
+
+    def __init__(self, idx: np.ndarray, convert) -> None:
+        self.size = len(idx)
+        self.convert = convert
+        self.positions: dict[int, list[int]] = {}
+        for pos, j in enumerate(idx.tolist()):
+            self.positions.setdefault(j, []).append(pos)
+        self.wanted = np.fromiter(sorted(self.positions), np.int64)
+        self.reset()
+
+    def reset(self) -> None:
+        self.out: np.ndarray | None = None  # allocated from the first converted frame
+        self.next = 0  # self.wanted[self.next] is the next wanted frame not yet seen
+        self.last: av.VideoFrame | None = None  # the latest decoded frame, wanted or not
+        self.missing: list[int] = []
+        self._converted: tuple[av.VideoFrame, np.ndarray] | None = None
+
+    def add(self, j: int, frame: av.VideoFrame) -> None:
+        wanted = self.wanted
+        while self.next < len(wanted) and wanted[self.next] < j:  # skipped over: those did not decode
+            self._missed(int(wanted[self.next]), self.last if self.last is not None else frame)
+        if self.next < len(wanted) and wanted[self.next] == j:
+            self._put(j, frame)
+            self.next += 1
+        self.last = frame
+
+    def late(self, j: int, frame: av.VideoFrame) -> None:
+        """A frame that came out after a later one (damaged streams): it replaces its stand-in, if any."""
+        if j in self.missing:
+            self.missing.remove(j)
+            self._put(j, frame)
+
+    def end(self) -> None:
+        """The stream ended: wanted frames after the last decoded one take it."""
+        while self.last is not None and self.next < len(self.wanted):
+            self._missed(int(self.wanted[self.next]), self.last)
+
+    def _missed(self, j: int, frame: av.VideoFrame) -> None:
+        self.missing.append(j)
+        self._put(j, frame)
+        self.next += 1
+
+    def _put(self, j: int, frame: av.VideoFrame) -> None:
+        if self._converted is not None and self._converted[0] is frame:
+            rgb = self._converted[1]
+        else:
+            rgb = self.convert(frame)
+            self._converted = (frame, rgb)
+        if self.out is None:
+            self.out = np.empty((self.size, *rgb.shape), dtype=np.uint8)
+        for pos in self.positions[j]:  # plain slice copies: fancy-index assignment is far slower
+            self.out[pos] = rgb
+
+
+class _SeekMoved(Exception):
+    """After a seek, the first keyframe's timestamp is not one the index knows."""
+
+
+def _safe_decode(container, stream, path: str, keep: set[int] | None = None, keys: set[int] | None = None):
     """Decoded frames of `stream`, skipping (with a warning) packets that fail to decode.
 
     `keep` (a set of pts): frames with other timestamps are decoded only if other frames are predicted from
     them; non-reference frames (most B-frames) that nobody wants are skipped. Frame threads read the setting
     as each packet is submitted.
+    `keys` (a set of pts, after a seek): packets before the first keyframe are dropped (nothing decodes
+    right from them), and that keyframe must have one of these timestamps, else `_SeekMoved` is raised:
+    demuxers that interpolate timestamps (MPEG-PS) can name the same frame differently after a seek.
     """
     packets = container.demux(stream)
     cc = stream.codec_context
@@ -451,6 +582,12 @@ def _safe_decode(container, stream, path: str, keep: set[int] | None = None):
                 except av.error.FFmpegError:
                     pass
                 return
+            if keys is not None and packet.size:
+                if not packet.is_keyframe:
+                    continue
+                if packet.pts not in keys:
+                    raise _SeekMoved(packet.pts)
+                keys = None
             if keep is not None:
                 skip = packet.pts is not None and packet.pts not in keep
                 if skip != skipping:
