@@ -15,7 +15,7 @@ from vmae_cli.checkpoint import resolve
 from vmae_cli.errors import CheckpointError
 from vmae_cli.model import ShapeError
 
-from .models import TINY_PREPROCESSOR, tiny_classifier, tiny_config, tiny_pretraining
+from .models import TINY_PREPROCESSOR, build, tiny_classifier, tiny_config, tiny_pretraining
 
 
 def _x(config, batch=1):
@@ -260,3 +260,60 @@ def test_dtype_and_device_options(tmp_path):
     logits = model(_x(model.config).to(torch.bfloat16)).logits
     reference = VideoMAEForVideoClassification.from_pretrained(tmp_path)(_x(model.config)).logits
     torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.05)
+
+
+def _hf_classifier(folder, **changes):
+    """A transformers classifier saved by transformers, with its biases and norms randomised."""
+    import transformers
+
+    torch.manual_seed(2)
+    theirs = transformers.VideoMAEForVideoClassification(
+        transformers.VideoMAEConfig(**tiny_config(use_mean_pooling=True, **changes).to_dict())
+    ).eval()
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if n.endswith("bias") or "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    theirs.save_pretrained(folder)
+    return theirs
+
+
+def test_transformers_classifier_with_its_default_two_labels(tmp_path):
+    """transformers leaves its default labels (two, LABEL_i) out of config.json, yet builds two outputs."""
+    theirs = _hf_classifier(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert "id2label" not in written and theirs.config.num_labels == 2
+    x = _x(tiny_config())
+    ours = VideoMAEForVideoClassification.from_pretrained(tmp_path)
+    assert ours.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs(x).logits, atol=1e-5, rtol=0)
+    del written["architectures"]  # nothing in the file says "classifier" now: the weights do
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    ours = VideoMAEForVideoClassification.from_pretrained(tmp_path)
+    assert ours.config.num_labels == 2
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs(x).logits, atol=1e-5, rtol=0)
+    # `num_labels` in a file (without, or disagreeing with, id2label) wins, as in transformers
+    assert VideoMAEConfig.from_dict({"num_labels": 3, "id2label": {"0": "a"}}).id2label == {
+        0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"
+    }  # fmt: skip
+
+
+def test_label_less_classifier_round_trips_through_transformers(tmp_path):
+    import transformers
+
+    build(VideoMAEForVideoClassification, tiny_config(use_mean_pooling=True), tmp_path)  # no labels: no head
+    assert json.loads((tmp_path / "config.json").read_text())["id2label"] == {}  # else transformers builds 2
+    theirs, info = transformers.VideoMAEForVideoClassification.from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    ours = VideoMAEForVideoClassification.from_pretrained(tmp_path)
+    x = _x(ours.config)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x).logits, theirs.eval()(x).logits, atol=1e-5, rtol=0)
+    # fine-tuning it: fc_norm is kept, the classifier is new
+    model = VideoMAEForVideoClassification.from_pretrained(tmp_path, id2label={0: "x", 1: "y"})
+    assert model.classifier.weight.shape == (2, 64)
+    torch.testing.assert_close(model.fc_norm.weight, ours.fc_norm.weight)

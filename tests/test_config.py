@@ -112,7 +112,9 @@ def test_transformers_written_config_is_read(tmp_path):
         ({"num_frames": 15}, "not a multiple of tubelet_size"),
         ({"hidden_size": 100, "num_attention_heads": 12}, "not divisible by num_attention_heads"),
         ({"model_type": "vit"}, "not a VideoMAE model"),
-        ({"hidden_act": "relu"}, "only 'gelu'"),
+        ({"hidden_act": "prelu"}, "hidden_act 'prelu' is not supported"),  # transformers' has parameters
+        ({"id2label": ["a", "b"]}, "invalid VideoMAE config"),
+        ({"num_labels": "3"}, "num_labels must be a count"),
     ],
 )
 def test_invalid_configs_are_refused(bad, message):

@@ -190,6 +190,17 @@ def test_hf_pytorch_model_bin_converts_to_safetensors(tmp_path):
         torch.testing.assert_close(converted(x).logits, model(x).logits, atol=0, rtol=0)
 
 
+def test_hf_source_with_another_activation_verifies(tmp_path):
+    """--verify's reference forward uses the config's activation (it hard-coded gelu: silu failed by ~1e-3)."""
+    model, _ = source_model(tmp_path, "encoder", hidden_act="silu")
+    result = convert_checkpoint(tmp_path / "source-encoder", tmp_path / "out", check=True)
+    assert result.source == "hf" and result.max_abs_diff <= 1e-5
+    converted = VideoMAEModel.from_pretrained(tmp_path / "out")
+    x, _ = inputs(converted.config)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x).last_hidden_state, model(x).last_hidden_state, atol=0, rtol=0)
+
+
 def test_pos_embed_sinusoid_is_dropped_and_gives_the_frame_count(tmp_path):
     _, hf_state = source_model(tmp_path, "classifier", use_mean_pooling=True)
     original = to_original(hf_state)

@@ -153,3 +153,37 @@ def test_training_gradients_match_transformers(tmp_path):
     for name, p in ours.named_parameters():
         hf_name = name.replace("q_bias", "query.bias").replace("v_bias", "value.bias")
         torch.testing.assert_close(p.grad, hf_grads[hf_name].grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_every_parameter_free_transformers_activation_is_reproduced_bit_for_bit():
+    from transformers.activations import ACT2FN
+
+    from vmae_cli.config import HIDDEN_ACTS
+    from vmae_cli.model import ACTIVATIONS
+
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 4
+    for name in HIDDEN_ACTS:
+        assert torch.equal(ACTIVATIONS[name](x), ACT2FN[name](x)), name
+    assert set(ACT2FN) - set(HIDDEN_ACTS) == {"prelu", "xielu"}  # the two with parameters
+
+
+@pytest.mark.parametrize("act", ["gelu_new", "relu", "quick_gelu"])
+def test_checkpoints_with_another_activation_move_both_ways(tmp_path, act):
+    """transformers reads `hidden_act` for the encoder and the decoder alike; vmae used to refuse all but gelu."""
+    config = tiny_config(hidden_act=act)
+    torch.manual_seed(3)
+    theirs = transformers.VideoMAEForPreTraining(transformers.VideoMAEConfig(**config.to_dict())).eval()
+    with torch.no_grad():
+        for n, p in theirs.named_parameters():
+            if n.endswith("bias") or "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = VideoMAEForPreTraining.from_pretrained(tmp_path / "hf")
+    x, mask = _inputs(config, seed=4)
+    _compare(ours, theirs, "pretraining", x, mask)
+    ours.save_pretrained(tmp_path / "vmae")
+    back, info = transformers.VideoMAEForPreTraining.from_pretrained(
+        tmp_path / "vmae", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and back.config.hidden_act == act
+    _compare(ours, back.eval(), "pretraining", x, mask)

@@ -274,6 +274,8 @@ def match_state_dict(
         if not ckpt_has_head:  # pre-trained encoder -> new classifier (and its own final norm choice)
             allowed_missing = CLASSIFIER_ONLY
             allowed_unexpected += ("videomae.layernorm.",)
+        elif not any(k.startswith("classifier.") for k in state):  # a 0-label classifier: fc_norm only
+            allowed_missing = ("classifier.",)
 
     mismatched = [k for k in state if k in expected and tuple(state[k].shape) != expected[k]]
     if mismatched and ignore_mismatched_sizes and all(k.startswith("classifier.") for k in mismatched):
@@ -324,6 +326,7 @@ class PretrainedMixin:
     """`from_pretrained` / `save_pretrained` in the Hugging Face layout."""
 
     preprocessor_config: dict | None = None
+    has_classifier = False  # True for VideoMAEForVideoClassification
 
     @classmethod
     def from_pretrained(
@@ -353,6 +356,12 @@ class PretrainedMixin:
             config = config.replace(**config_changes)
         dtype = _as_dtype(dtype)
         state = load_weights(found.weights)
+        if cls.has_classifier and config.id2label is None:
+            # A config.json without labels or architectures (transformers then builds two outputs): a
+            # classifier in the file says how many, named as transformers names them.
+            head = state.get("classifier.weight")
+            if head is not None and head.ndim == 2:
+                config = config.replace(id2label={i: f"LABEL_{i}" for i in range(head.shape[0])})
         with torch.device("meta"):  # no time spent initialising weights that are about to be replaced
             model = cls(config, **(model_kwargs or {}))
         state = match_state_dict(model, state, found.source, ignore_mismatched_sizes)
@@ -383,6 +392,8 @@ class PretrainedMixin:
         config = self.config.replace(
             architectures=[type(self).__name__], dtype=str(dtype).removeprefix("torch.")
         )
+        if self.has_classifier and config.id2label is None:  # no head: an explicit empty map, else
+            config = config.replace(id2label={})  # transformers would build its default two outputs
         config.save_pretrained(folder)
         pre = preprocessor if preprocessor is not None else self.preprocessor_config
         if pre is not None:

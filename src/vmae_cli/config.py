@@ -21,6 +21,13 @@ PRESETS_DIR = (
     Path(__file__).parent / "configs" / "models"
 )  # the repository's configs/, shipped in the package
 
+# transformers' activations (ACT2FN) that have no parameters; model.ACTIVATIONS implements each as it does.
+HIDDEN_ACTS = (
+    "gelu", "gelu_10", "gelu_fast", "gelu_new", "gelu_python", "gelu_pytorch_tanh", "gelu_python_tanh",
+    "gelu_accurate", "hardswish", "laplace", "leaky_relu", "linear", "mish", "quick_gelu", "relu", "relu2",
+    "relu6", "sigmoid", "silu", "sqrtsoftplus", "swish", "tanh",
+)  # fmt: skip
+
 # Keys that describe a file rather than the model; dropped on read, rewritten on save.
 _VOLATILE = {"transformers_version", "_name_or_path", "model_type", "qv_bias", "qkv_bias"}
 
@@ -127,8 +134,10 @@ class VideoMAEConfig:
                 f"decoder_hidden_size {self.decoder_hidden_size} is not divisible by "
                 f"decoder_num_attention_heads {self.decoder_num_attention_heads}"
             )
-        if self.hidden_act not in ("gelu",):
-            problems.append(f"hidden_act {self.hidden_act!r} is not supported (only 'gelu')")
+        if self.hidden_act not in HIDDEN_ACTS:
+            problems.append(
+                f"hidden_act {self.hidden_act!r} is not supported (one of: {', '.join(HIDDEN_ACTS)})"
+            )
         if problems:
             raise ConfigError("invalid VideoMAE config: " + "; ".join(problems))
 
@@ -151,12 +160,15 @@ class VideoMAEConfig:
         for key, value in data.items():
             if key in known and key != "qkv_bias":
                 kwargs[key] = value
-            elif key not in _VOLATILE and key not in ("dtype", "torch_dtype", "label2id"):
+            elif key not in _VOLATILE and key not in ("dtype", "torch_dtype", "label2id", "num_labels"):
                 extra[key] = value
+        kwargs["id2label"] = _labels_as_transformers_reads_them(data)
         try:
             return cls(**kwargs, extra=extra)
-        except TypeError as e:  # a field of the wrong type, e.g. a string where an int belongs
-            raise ConfigError(f"invalid VideoMAE config: {e}") from None
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong type, e.g. a string
+            raise ConfigError(f"invalid VideoMAE config: {e}") from None  # where an int belongs
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -221,6 +233,20 @@ class VideoMAEConfig:
 
     def replace(self, **changes: Any) -> VideoMAEConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _labels_as_transformers_reads_them(data: dict[str, Any]) -> dict | None:
+    """The id2label transformers builds from a config.json: a `num_labels` that disagrees with id2label wins
+    (labels LABEL_i), and a classifier's file without id2label has transformers' default two labels, which
+    `save_pretrained` leaves out of the file. Otherwise None: no labels (a pre-training or feature model)."""
+    id2label, num_labels = data.get("id2label"), data.get("num_labels")
+    if num_labels is not None and (id2label is None or len(id2label) != num_labels):
+        if not isinstance(num_labels, int) or num_labels < 0:
+            raise ConfigError(f"invalid VideoMAE config: num_labels must be a count, got {num_labels!r}")
+        return {i: f"LABEL_{i}" for i in range(num_labels)}
+    if id2label is None and "VideoMAEForVideoClassification" in (data.get("architectures") or ()):
+        return {0: "LABEL_0", 1: "LABEL_1"}
+    return id2label
 
 
 def preset_names() -> list[str]:

@@ -10,6 +10,7 @@ eps of each LayerNorm, the position table computed in float64), so logits agree 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .checkpoint import PretrainedMixin
-from .config import VideoMAEConfig
+from .config import HIDDEN_ACTS, VideoMAEConfig
 from .errors import VmaeError
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
@@ -65,6 +66,83 @@ class ImageClassifierOutput(ModelOutput):
     logits: torch.Tensor  # (B, num_labels)
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# ---- activations: transformers' ACT2FN entries without parameters, written as transformers writes them ----
+# (module-level functions rather than lambdas, so that a model stays picklable)
+def _gelu_10(x: torch.Tensor) -> torch.Tensor:
+    return torch.clip(F.gelu(x), -10, 10)
+
+
+def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def _gelu_new(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _gelu_accurate(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+def _gelu_python(x: torch.Tensor) -> torch.Tensor:
+    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _gelu_pytorch_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def _gelu_python_tanh(x: torch.Tensor) -> torch.Tensor:
+    return x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
+
+
+def _linear(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _relu2(x: torch.Tensor) -> torch.Tensor:
+    return torch.square(F.relu(x))
+
+
+def _sqrtsoftplus(x: torch.Tensor) -> torch.Tensor:
+    return F.softplus(x).sqrt()
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact (erf) GELU
+    "gelu_10": _gelu_10,
+    "gelu_fast": _gelu_fast,
+    "gelu_new": _gelu_new,
+    "gelu_python": _gelu_python,
+    "gelu_pytorch_tanh": _gelu_pytorch_tanh,
+    "gelu_python_tanh": _gelu_python_tanh,
+    "gelu_accurate": _gelu_accurate,
+    "hardswish": F.hardswish,
+    "laplace": _laplace,
+    "leaky_relu": F.leaky_relu,
+    "linear": _linear,
+    "mish": F.mish,
+    "quick_gelu": _quick_gelu,
+    "relu": F.relu,
+    "relu2": _relu2,
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "silu": F.silu,
+    "sqrtsoftplus": _sqrtsoftplus,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+assert set(ACTIVATIONS) == set(HIDDEN_ACTS)
 
 
 # ---- building blocks -------------------------------------------------------------------------------------
@@ -158,12 +236,13 @@ class Layer(nn.Module):
         self.layernorm_after = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act = ACTIVATIONS[cfg.hidden_act]  # a function, no parameters
 
     def forward(self, x: torch.Tensor, need_weights: bool = False):
         a, probs = self.attention.attention(self.layernorm_before(x), need_weights)
         a = self.dropout(self.attention.output(a))
         x = self.drop_path(a) + x  # new branch first: transformers' operand order, for identical rounding
-        h = F.gelu(self.intermediate(self.layernorm_after(x)))
+        h = self.act(self.intermediate(self.layernorm_after(x)))
         x = self.drop_path(self.dropout(self.output(h))) + x
         return x, probs
 
@@ -511,6 +590,8 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
 
 class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
     """Encoder + `fc_norm(mean of tokens)` (mean pooling) or `layernorm(tokens)[:, 0]`, then a linear head."""
+
+    has_classifier = True
 
     def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0, head_dropout: float = 0.0):
         super().__init__()

@@ -72,6 +72,11 @@ def reference_forward(
     encoder tokens (B, N, D).
     """
     pre = "encoder." if "encoder.patch_embed.proj.weight" in state else ""
+    act = F.gelu  # the original's; a transformers source may name another (its exact formula is shared)
+    if cfg.hidden_act != "gelu":
+        from .model import ACTIVATIONS
+
+        act = ACTIVATIONS[cfg.hidden_act]
     w = state[pre + "patch_embed.proj.weight"]
     D = w.shape[0]
     x = F.conv3d(x, w, state[pre + "patch_embed.proj.bias"], stride=w.shape[2:]).flatten(2).transpose(1, 2)
@@ -80,7 +85,7 @@ def reference_forward(
     if mask is not None and "decoder.head.weight" in state:
         x = x[~mask].reshape(B, -1, D)
     for i in range(cfg.num_hidden_layers):
-        x = _reference_block(state, f"{pre}blocks.{i}.", x, cfg.num_attention_heads, eps)
+        x = _reference_block(state, f"{pre}blocks.{i}.", x, cfg.num_attention_heads, eps, act)
     if pre + "norm.weight" in state:
         x = F.layer_norm(x, (D,), state[pre + "norm.weight"], state[pre + "norm.bias"], eps)
     if "decoder.head.weight" in state:
@@ -90,7 +95,7 @@ def reference_forward(
         pos_vis, pos_mask = pos[~mask].reshape(B, -1, Dd), pos[mask].reshape(B, -1, Dd)
         x = torch.cat([x + pos_vis, state["mask_token"] + pos_mask], dim=1)
         for i in range(cfg.decoder_num_hidden_layers):
-            x = _reference_block(state, f"decoder.blocks.{i}.", x, cfg.decoder_num_attention_heads, eps)
+            x = _reference_block(state, f"decoder.blocks.{i}.", x, cfg.decoder_num_attention_heads, eps, act)
         x = x[:, -pos_mask.shape[1] :]
         x = F.layer_norm(x, (Dd,), state["decoder.norm.weight"], state["decoder.norm.bias"], head_eps)
         return F.linear(x, state["decoder.head.weight"], state["decoder.head.bias"])
@@ -111,7 +116,7 @@ def _sincos(n: int, d: int) -> torch.Tensor:
 
 
 def _reference_block(
-    s: dict[str, torch.Tensor], p: str, x: torch.Tensor, heads: int, eps: float
+    s: dict[str, torch.Tensor], p: str, x: torch.Tensor, heads: int, eps: float, act=F.gelu
 ) -> torch.Tensor:
     B, N, D = x.shape
     h = F.layer_norm(x, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps)
@@ -126,7 +131,7 @@ def _reference_block(
     )
     x = x + (s[p + "gamma_1"] * a if p + "gamma_1" in s else a)
     h = F.layer_norm(x, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps)
-    m = F.linear(F.gelu(F.linear(h, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"])), s[p + "mlp.fc2.weight"],
+    m = F.linear(act(F.linear(h, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"])), s[p + "mlp.fc2.weight"],
                  s[p + "mlp.fc2.bias"])  # fmt: skip
     return x + (s[p + "gamma_2"] * m if p + "gamma_2" in s else m)
 
