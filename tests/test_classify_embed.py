@@ -91,6 +91,16 @@ def test_scores_match_transformers_on_the_same_frames(capsys, corpus, classifier
     assert record["predictions"][0]["index"] == int(probs.argmax())
 
 
+def test_frames_has_one_row_per_clip_even_when_clips_coincide(capsys, corpus, classifier):
+    """A video shorter than one window gives identical clips: "frames" still lists each (views = rows x crops)."""
+    path = str(corpus / "v3.mp4")  # 3 frames: every 4-frame window is [0, 0, 0, 0]
+    _, out, _ = vmae(
+        capsys, "classify", path, "--model", classifier, "--json", "--clips", "3", "--crops", "2"
+    )
+    record = json.loads(out)[0]
+    assert record["views"] == 6 and record["frames"] == [[0, 0, 0, 0]] * 3
+
+
 def test_multi_view_and_timeline(capsys, corpus, classifier):
     path = str(corpus / "v2.mp4")  # 50 frames at 25 fps = 2 s
     _, out, _ = vmae(capsys, "classify", path, "--model", classifier, "--json", "--clips", "3", "--crops", "3",

@@ -74,6 +74,27 @@ def test_matches_transformers_within_one_uint8_level(real_frames, hf_processor, 
         assert diff.max() <= 0.02 and diff.mean() <= 1e-3, (frames.shape, diff.max(), diff.mean())
 
 
+@pytest.mark.parametrize("size", [40, 140])  # down- and upscaling
+def test_bicubic_matches_pillow_within_one_uint8_level(real_frames, size):
+    """resample=3: torch's uint8 bicubic kernel (torchvision's), not float-then-round, which misses Pillow's
+    clipping between the horizontal and vertical passes by up to 17 levels on sharp edges."""
+    Image = pytest.importorskip("PIL.Image")
+    frames = np.ascontiguousarray(real_frames["carphone_pristine.mp4"][:2, :60, :90])
+    frames[:, ::7] = 255  # sharp edges: where bicubic overshoots
+    proc = Preprocessor(size={"shortest_edge": size}, resample=3, do_center_crop=False)
+    h, w = proc.output_size(60, 90)
+    got = proc.resize(frames).permute(0, 2, 3, 1).numpy().astype(int)
+    pil = np.stack(
+        [np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC, reducing_gap=None)) for f in frames]
+    )
+    diff = np.abs(got - pil)
+    limit = 1 if size < 60 else 2  # upscaling: the two kernels round their weights differently
+    assert got.shape == pil.shape and diff.max() <= limit and (diff > 0).mean() < 0.02, (
+        diff.max(),
+        (diff > 0).mean(),
+    )
+
+
 def test_legacy_config_loads_to_the_same_processor(tmp_path):
     legacy = Preprocessor.from_dict(LEGACY_CONFIG)
     modern = Preprocessor.from_dict(HUB_CONFIG)

@@ -30,6 +30,7 @@ class Clips:
     fps: float
     pixel_values: torch.Tensor | None = None  # float32 (views, T, 3, S, S), from load_clips
     frames: np.ndarray | None = None  # uint8 (clips, T, H, W, 3) before preprocessing, from load_frames
+    crops: int = 1  # views per clip: rows of indices / timestamps repeat each clip's row this many times
 
 
 def _read(path, spec: SamplingSpec, size, reader_kwargs) -> tuple[np.ndarray, Clips]:
@@ -72,5 +73,6 @@ def load_clips(
     views = [preprocessor.resize_crop(f, spec.crops) for f in frames]  # each uint8 (crops, T, 3, S, S)
     clips.pixel_values = preprocessor.normalize(torch.cat(views)) if normalize else torch.cat(views)
     clips.indices = np.repeat(clips.indices, spec.crops, axis=0)
+    clips.crops = spec.crops
     clips.timestamps = np.repeat(clips.timestamps, spec.crops, axis=0)
     return clips

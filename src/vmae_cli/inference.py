@@ -404,6 +404,7 @@ class Engine:
                     np.repeat(ts[indices], self.spec.crops, 0),
                     len(ts),
                     reader.fps,
+                    crops=self.spec.crops,
                 )
         except Exception as e:  # noqa: BLE001 - one input's failure is its result
             result.error = e

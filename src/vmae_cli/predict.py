@@ -134,7 +134,7 @@ def classification_record(result: VideoResult, config, top_k: int) -> dict:
         "ok": True,
         "predictions": _predictions(scores(result.outputs, config.problem_type), id2label, top_k),
         "views": int(result.outputs.shape[0]),
-        "frames": _distinct_rows(result.clips.indices),
+        "frames": result.clips.indices[:: result.clips.crops].tolist(),  # one row per clip (or segment)
     }
     if result.segments is not None:
         per = len(result.outputs) // len(result.segments)  # crops per segment
@@ -145,12 +145,6 @@ def classification_record(result: VideoResult, config, top_k: int) -> dict:
             for k, (s, e) in enumerate(result.segments)
         ]  # fmt: skip
     return record
-
-
-def _distinct_rows(indices: np.ndarray) -> list[list[int]]:
-    """Frame indices of each clip, once (the crops of a clip share its row, consecutively)."""
-    rows = indices.tolist()
-    return [row for k, row in enumerate(rows) if k == 0 or row != rows[k - 1]]
 
 
 def embedding(result: VideoResult) -> np.ndarray:

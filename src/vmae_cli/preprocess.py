@@ -150,9 +150,12 @@ class Preprocessor:
         mode = _RESAMPLE[self.resample]
         if mode == "nearest-exact":
             return F.interpolate(x, size=(h, w), mode=mode)
-        if mode == "bicubic":  # uint8 bicubic is not implemented in torch; go through float and round
+        if mode == "bicubic" and x.device.type != "cpu":
+            # uint8 bicubic is CPU-only in torch: elsewhere go through float, clamp and round (as torchvision).
+            # On the CPU the uint8 kernel below is torchvision's and within a level of Pillow's; the float
+            # path is not (Pillow and that kernel clip the overshoot between the two passes: up to 17 levels).
             y = F.interpolate(x.float(), size=(h, w), mode=mode, align_corners=False, antialias=True)
-            return y.round_().clamp_(0, 255).to(torch.uint8)
+            return y.clamp_(0, 255).round_().to(torch.uint8)
         return F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True)
 
     def crop_offsets(self, height: int, width: int, crops: int = 1) -> list[tuple[int, int]]:

@@ -48,7 +48,7 @@ def embed(
         str,
         typer.Option(
             "--pool",
-            help="auto (what the classifier head sees; token mean for an encoder), "
+            help="auto (what a mean-pooling classifier's head sees; else the token mean), "
             "mean, token0, or none (every token).",
         ),
     ] = "auto",  # fmt: skip
