@@ -294,7 +294,13 @@ class Embeddings(nn.Module):
             "position_embeddings", sinusoid_table(cfg.num_patches, cfg.hidden_size), persistent=False
         )
 
-    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None,
+        tubes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`tubes`: `patchify(pixel_values, ...)` if the caller has it already (pre-training shares it)."""
         if bool_masked_pos is None:
             x = self.patch_embeddings(pixel_values)
             return x + self.position_embeddings.to(x.dtype)
@@ -304,7 +310,8 @@ class Embeddings(nn.Module):
         proj = self.patch_embeddings.projection
         B, D = pixel_values.shape[0], proj.out_channels
         ts, ph, pw = proj.kernel_size
-        tubes = patchify(pixel_values, ts, (ph, pw))  # (B, N, ts*ph*pw, C)
+        if tubes is None:
+            tubes = patchify(pixel_values, ts, (ph, pw))  # (B, N, ts*ph*pw, C)
         keep = ~bool_masked_pos
         tubes = tubes[keep].reshape(B, -1, ts, ph, pw, tubes.shape[-1]).permute(0, 1, 5, 2, 3, 4)
         x = F.linear(tubes.flatten(2), proj.weight.reshape(D, -1), proj.bias)  # weight order (C, ts, ph, pw)
@@ -438,9 +445,11 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
         bool_masked_pos: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        tubes: torch.Tensor | None = None,
     ) -> BaseModelOutput:
-        """`forward` without the input checks, for callers that made them (pixel_values (B, T, C, H, W))."""
-        x = self.embeddings(pixel_values, bool_masked_pos)  # (B, N_visible, D)
+        """`forward` without the input checks, for callers that made them (pixel_values (B, T, C, H, W)).
+        `tubes`: the input already patchified (`patchify`), for a masked input."""
+        x = self.embeddings(pixel_values, bool_masked_pos, tubes)  # (B, N_visible, D)
         x, hidden, attentions = self.encoder(x, bool(output_hidden_states), bool(output_attentions))
         if self.layernorm is not None:
             x = self.layernorm(x)
@@ -491,30 +500,39 @@ def unpatchify(patches: torch.Tensor, cfg: VideoMAEConfig) -> torch.Tensor:
     return x.reshape(B, t * ts, C, h * ph, w * pw)
 
 
-def pretraining_targets(pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, cfg: VideoMAEConfig):
+def pretraining_targets(
+    pixel_values: torch.Tensor,
+    bool_masked_pos: torch.Tensor,
+    cfg: VideoMAEConfig,
+    tubes: torch.Tensor | None = None,
+):
     """What the decoder must predict for the masked tokens: (B, num_masked, patch_dim).
 
     Pixels are first un-normalised with the ImageNet mean/std (as transformers and the original do, whatever
     the preprocessor used); with `norm_pix_loss` each token is normalised per channel over its pixels.
+    `tubes`: `patchify(pixel_values, ...)` if the caller has it already.
     """
     with torch.no_grad():
-        if cfg.num_channels == 3:
-            mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=pixel_values.device, dtype=pixel_values.dtype)
-            std = torch.tensor(IMAGENET_DEFAULT_STD, device=pixel_values.device, dtype=pixel_values.dtype)
-            frames = pixel_values * std[:, None, None] + mean[:, None, None]  # back to [0, 1]
-        elif cfg.norm_pix_loss:
-            frames = pixel_values
-        else:
+        if cfg.num_channels != 3 and not cfg.norm_pix_loss:
             raise ShapeError(
                 "norm_pix_loss=False needs 3-channel input (it un-normalises with ImageNet stats)"
             )
-        B = frames.shape[0]
-        patches = patchify(frames, cfg.tubelet_size, cfg.patch_hw)  # (B, N, P, C)
-        patches = patches[bool_masked_pos].reshape(B, -1, *patches.shape[2:])  # masked tokens only
-        if cfg.norm_pix_loss:
-            mean = patches.mean(dim=-2, keepdim=True)
-            std = patches.var(dim=-2, unbiased=True, keepdim=True).sqrt()
-            patches = (patches - mean) / (std + 1e-6)
+        B = pixel_values.shape[0]
+        if tubes is None:
+            tubes = patchify(pixel_values, cfg.tubelet_size, cfg.patch_hw)  # (B, N, P, C)
+        patches = tubes[bool_masked_pos].reshape(B, -1, *tubes.shape[2:])  # masked tokens only
+        if (
+            cfg.num_channels == 3
+        ):  # back to [0, 1]: the same products and sums as on the frames, fewer of them
+            mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=patches.device, dtype=patches.dtype)
+            std = torch.tensor(IMAGENET_DEFAULT_STD, device=patches.device, dtype=patches.dtype)
+            patches = patches * std + mean
+        if (
+            cfg.norm_pix_loss
+        ):  # unbiased std per token and channel; a sum of squares (torch.var is far slower)
+            centred = patches - patches.mean(dim=-2, keepdim=True)
+            var = centred.square().sum(dim=-2, keepdim=True) / (patches.shape[-2] - 1)
+            patches = centred / (var.sqrt() + 1e-6)
         return patches.flatten(2)
 
 
@@ -554,7 +572,11 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
             if decoder_mask is None
             else self._check_decoder_mask(decoder_mask, bool_masked_pos)
         )
-        enc = self.videomae.encode(pixel_values, bool_masked_pos, output_attentions, output_hidden_states)
+        # patchified once: the encoder embeds the visible tubes, the targets are the masked ones
+        tubes = patchify(pixel_values, self.config.tubelet_size, self.config.patch_hw)
+        enc = self.videomae.encode(
+            pixel_values, bool_masked_pos, output_attentions, output_hidden_states, tubes=tubes
+        )
         x = self.encoder_to_decoder(enc.last_hidden_state)  # (B, N_visible, Dd)
         B, _, Dd = x.shape
         pos = self.position_embeddings.to(pixel_values.dtype).expand(B, -1, -1)
@@ -562,7 +584,7 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
         pos_masked = pos[decoded].reshape(B, -1, Dd)
         x = torch.cat([x + pos_visible, self.mask_token + pos_masked], dim=1)  # visible first, then masked
         logits = self.decoder(x, pos_masked.shape[1])  # (B, N_decoded, patch_dim)
-        labels = pretraining_targets(pixel_values, decoded, self.config)
+        labels = pretraining_targets(pixel_values, decoded, self.config, tubes)
         loss = F.mse_loss(logits, labels.to(logits.dtype))
         out = VideoMAEForPreTrainingOutput(loss, logits, enc.hidden_states, enc.attentions)
         return out if return_dict is not False else out.to_tuple()
