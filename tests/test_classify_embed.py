@@ -372,3 +372,26 @@ def test_bf16_and_fp32_agree_on_top1_of_a_trained_model(capsys, tmp_path):
     top_bf16 = [json.loads(line)["predictions"][0]["label"] for line in bf16.splitlines()]
     assert top_fp32 == [label for label in by_label for _ in range(3)]  # the model did learn
     assert top_bf16 == top_fp32
+
+
+def test_classify_a_bare_config_whose_weights_hold_a_head(capsys, corpus, tmp_path):
+    """A transformers classifier with its default two labels (left out of config.json) and no `architectures`:
+    only the weights say it is a classifier; classify reads them rather than refusing."""
+    from .test_checkpoint import _hf_classifier
+
+    _hf_classifier(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["architectures"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(TINY_PREPROCESSOR))
+    code, out, err = vmae(capsys, "classify", corpus / "v0.mp4", "--model", tmp_path, "--json")
+    assert code == 0, err
+    (record,) = json.loads(out)
+    assert sorted(p["label"] for p in record["predictions"]) == ["LABEL_0", "LABEL_1"]
+    # a pre-training checkpoint with the same bare config is still refused, in one line
+    pre = tiny_pretraining(tmp_path / "pre")
+    config = json.loads((pre / "config.json").read_text())
+    del config["architectures"]
+    (pre / "config.json").write_text(json.dumps(config))
+    code, _, err = vmae(capsys, "classify", corpus / "v0.mp4", "--model", pre)
+    assert code != 0 and "no classifier head" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ This is the library behind `vmae classify` and `vmae embed`; the CLI modules onl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, replace
 
@@ -67,12 +68,19 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if task == "classify":
-        if config.num_labels == 0:
+        model = None
+        if config.id2label is None and not config.architectures:  # a bare config: the weights tell
+            with contextlib.suppress(VmaeError):
+                model = VideoMAEForVideoClassification.from_pretrained(
+                    ref, revision, dtype=dtype, device=device
+                )
+        if (model.config if model is not None else config).num_labels == 0:
             raise VmaeError(
                 f"{ref}: this model has no classifier head (it is a pre-training or feature checkpoint); "
                 "fine-tune it first (`vmae finetune`) or use `vmae embed`"
             )
-        model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
+        if model is None:
+            model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
 
         def head(x: torch.Tensor) -> torch.Tensor:
             return model(x, return_dict=True).logits
