@@ -93,7 +93,17 @@ def test_any_indices_equal_a_straight_decode(videos, name):
 
 
 @pytest.mark.parametrize(
-    "name", ["h264_mp4", "h264_bframes_mkv", "mpeg4_avi", "vp9_webm", "intra_refresh_mkv"]
+    "name",
+    [
+        "h264_mp4",
+        "h264_bframes_mkv",
+        "mpeg4_avi",
+        "vp9_webm",
+        "intra_refresh_mkv",
+        "hevc_bframes_mp4",
+        "av1_mkv",
+        "mpeg2_bframes_ts",
+    ],  # fmt: skip
 )
 def test_windows_after_a_seek_are_exact_and_really_seek(videos, name, monkeypatch):
     path = videos[name]

@@ -170,6 +170,26 @@ GOOD = {
             options={"x264-params": "intra-refresh=1:keyint=12:bframes=0:scenecut=0"},
         ),
     ),
+    "hevc_bframes_mp4": (
+        "hevcb.mp4",
+        dict(
+            num_frames=30,
+            codec="libx265",
+            gop=12,
+            options={"x265-params": "bframes=3:keyint=12:min-keyint=12:scenecut=0:log-level=error"},
+        ),
+    ),
+    "av1_mkv": ("av1.mkv", dict(num_frames=20, codec="libsvtav1", gop=8, options={"preset": "12"})),
+    "vp8_webm": (
+        "vp8.webm",
+        dict(num_frames=20, codec="libvpx", gop=6, options={"deadline": "realtime", "cpu-used": "8"}),
+    ),
+    "mpeg2_bframes_ts": (
+        "mpeg2b.ts",
+        dict(num_frames=30, codec="mpeg2video", size=(160, 120), gop=12, options={"bf": "2"}),
+    ),
+    "prores_mov": ("prores.mov", dict(num_frames=8, codec="prores_ks", pix_fmt="yuv422p10le")),
+    "gif": ("anim.gif", dict(num_frames=10, codec="gif", pix_fmt="rgb8")),
     "one_frame_mp4": ("one.mp4", dict(num_frames=1)),
     "three_frames_mp4": ("three.mp4", dict(num_frames=3)),
 }
