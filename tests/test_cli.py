@@ -8,7 +8,7 @@ import sys
 
 from vmae_cli import __version__
 
-from .conftest import REPO, run_vmae
+from .conftest import REPO, run_vmae, vmae_in_process
 from .models import tiny_classifier, tiny_pretraining
 
 
@@ -69,3 +69,37 @@ def test_expected_failures_are_one_line_without_traceback(tmp_path):
 def test_unknown_command_is_a_usage_error():
     result = run_vmae("frobnicate")
     assert result.returncode == 2 and "No such command" in result.stderr
+
+
+def test_convert_of_a_text_file_is_a_clean_error(tmp_path, capsys):
+    src = tmp_path / "notes.txt"
+    src.write_text("hello\n")
+    code, _, err = vmae_in_process(capsys, "convert", src, tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1 and "not a PyTorch checkpoint" in err and "internal" not in err
+
+
+def test_unwritable_out_is_a_clean_error(tmp_path, capsys):
+    tiny_classifier(tmp_path / "m")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where --out's folder should be: nothing can be written under it
+    code, _, err = vmae_in_process(capsys, "convert", tmp_path / "m", blocker / "out")
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: ") and "internal" not in err
+
+
+def test_pretrain_mask_ratio_out_of_range_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"")
+    args = ["pretrain", tmp_path / "v", "-o", tmp_path / "run", "--model-config", "tiny", "-c", "tiny"]
+    code, _, err = vmae_in_process(capsys, *args, "--set", "mask.ratio=2")
+    assert code == 2 and err.count("\n") == 1 and "mask.ratio" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_another_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text('model = "tiny"\n')
+    for extra in (["--model-config", "small"], ["--set", "model=small"]):
+        code, _, err = vmae_in_process(capsys, "pretrain", tmp_path, "-o", run, "--resume", *extra)
+        assert code == 2 and err.count("\n") == 1 and "cannot change" in err, extra
+    assert (run / "config.toml").read_text() == 'model = "tiny"\n'

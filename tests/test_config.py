@@ -115,6 +115,10 @@ def test_transformers_written_config_is_read(tmp_path):
         ({"hidden_act": "prelu"}, "hidden_act 'prelu' is not supported"),  # transformers' has parameters
         ({"id2label": ["a", "b"]}, "invalid VideoMAE config"),
         ({"num_labels": "3"}, "num_labels must be a count"),
+        ({"num_frames": None}, "num_frames must be a whole number, got None"),
+        ({"hidden_size": "big"}, "hidden_size must be a whole number, got 'big'"),
+        ({"image_size": [32, "a"]}, r"image_size must be a whole number, got \[32, 'a'\]"),
+        ({"layer_norm_eps": "1e-6"}, "layer_norm_eps must be a number"),
     ],
 )
 def test_invalid_configs_are_refused(bad, message):
@@ -125,6 +129,9 @@ def test_invalid_configs_are_refused(bad, message):
 def test_broken_json_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
+        VideoMAEConfig.from_json_file(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text('{"num_frames": null}')  # the message names the file and the field
+    with pytest.raises(ConfigError, match=r"config\.json: invalid VideoMAE config: num_frames must be"):
         VideoMAEConfig.from_json_file(tmp_path / "config.json")
 
 

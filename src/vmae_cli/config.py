@@ -163,6 +163,15 @@ class VideoMAEConfig:
             elif key not in _VOLATILE and key not in ("dtype", "torch_dtype", "label2id", "num_labels"):
                 extra[key] = value
         kwargs["id2label"] = _labels_as_transformers_reads_them(data)
+        for f in dataclasses.fields(cls):  # name the field: a wrong type fails obscurely further on
+            if f.name not in kwargs or (kwargs[f.name] is None and "None" in f.type):
+                continue
+            value = kwargs[f.name]
+            whole = f.type in ("int", "int | tuple[int, int]")
+            if whole and not _whole_or_pair(value, pair=f.type != "int"):
+                raise ConfigError(f"invalid VideoMAE config: {f.name} must be a whole number, got {value!r}")
+            if f.type == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"invalid VideoMAE config: {f.name} must be a number, got {value!r}")
         try:
             return cls(**kwargs, extra=extra)
         except ConfigError:
@@ -206,7 +215,10 @@ class VideoMAEConfig:
             raise ConfigError(f"{path}: not valid JSON ({e}); re-create the model folder") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def save_pretrained(self, folder: str | Path) -> Path:
         from .files import atomic_write_text
@@ -247,6 +259,15 @@ def _labels_as_transformers_reads_them(data: dict[str, Any]) -> dict | None:
     if id2label is None and "VideoMAEForVideoClassification" in (data.get("architectures") or ()):
         return {0: "LABEL_0", 1: "LABEL_1"}
     return id2label
+
+
+def _whole_or_pair(value: Any, pair: bool) -> bool:
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if pair and isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(whole(v) for v in value)
+    return whole(value)
 
 
 def preset_names() -> list[str]:

@@ -155,10 +155,9 @@ def _safe_torch_load(file: Path) -> Any:
             f"{file}: refused: the pickle would build objects other than tensors{what}, which could run code; "
             "vmae reads only tensors and argparse.Namespace. Re-save the state dict alone in a trusted environment"
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise CheckpointError(
-            f"{file}: damaged or not a PyTorch checkpoint ({str(e).splitlines()[0]})"
-        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as e:
+        detail = "not a pickle" if isinstance(e, KeyError) else str(e).splitlines()[0]  # text: KeyError(byte)
+        raise CheckpointError(f"{file}: damaged or not a PyTorch checkpoint ({detail})") from None
 
 
 def _unwrap(obj: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

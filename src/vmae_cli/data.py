@@ -232,6 +232,8 @@ class ClipSpec:
             )
         if data.num_sample < 1:
             raise UsageError("data.num_sample must be >= 1")
+        if not 0.0 <= mask_ratio < 1.0:
+            raise UsageError(f"mask.ratio must be in [0, 1), got {mask_ratio}; e.g. --set mask.ratio=0.9")
         if decoder_ratio:
             try:  # the mask sizes depend on the model only: check once here, not in every worker
                 decoder_mask(tube_mask(config, 1, mask_ratio), decoder_ratio)

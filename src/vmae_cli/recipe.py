@@ -287,10 +287,18 @@ def resolve_run_recipe(
             has_own = model in preset_names() and (RECIPES_DIR / kind / f"{model}.toml").is_file()
             name = model if has_own else "base"
         path = recipe_path(name, kind)
+    before = load_recipe(cls, path) if path == run.config else None  # what the run's checkpoints hold
+    saved = {k: getattr(before, k, None) for k in ("model", "init")} if before is not None else {}
     recipe = load_recipe(cls, path, sets)
     for key, value in flags.items():
         try:
             set_value(recipe, key, toml_value(value))
         except RecipeError as e:
             raise UsageError(str(e).replace("--set ", "--")) from None
+    for key, old in saved.items():  # the checkpoints hold this model: another one cannot load them
+        if getattr(recipe, key, None) != old:
+            raise UsageError(
+                f"--resume continues {run.config}, which trains {key} = {old!r}; it cannot change to "
+                f"{getattr(recipe, key, None)!r} (drop the flag, or choose another --out)"
+            )
     return recipe

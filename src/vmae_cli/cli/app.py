@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"error: {e}", err=True)
         code = e.exit_code
+    except OSError as e:  # a path that cannot be written or read (no such folder, read-only, disk full)
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        typer.echo(f"error: {where}{e.strerror or e}; check that the path exists and is writable", err=True)
+        code = 1
     except Exception as e:  # a bug: say so in one line, keep the traceback for VMAE_DEBUG=1
         if debug:
             raise
