@@ -314,6 +314,25 @@ def test_embed_resume_continues_from_the_journal(capsys, tmp_path, corpus, class
     assert not journal.exists()
 
 
+def test_embed_jsonl_resume_keeps_the_journal_and_a_failed_load_leaves_nothing(
+    capsys, tmp_path, corpus, classifier
+):
+    paths = [p for p in videos(corpus) if "broken" not in p]
+    out = tmp_path / "feats.jsonl"
+    vmae(capsys, "embed", *paths[:2], "--model", classifier, "--out", out)
+    out.rename(tmp_path / "feats.jsonl.partial")  # as a killed run leaves it: two finished records
+    kept = [json.loads(line) for line in (tmp_path / "feats.jsonl.partial").read_text().splitlines()]
+    code, _, err = vmae(capsys, "embed", *paths, "--model", classifier, "--out", out, "--resume")
+    assert code == 0, err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in records] == paths and records[:2] == kept
+    # a model that cannot load: one line, and no journal or output appears
+    fresh = tmp_path / "new" / "feats.npy"
+    code, _, err = vmae(capsys, "embed", paths[0], "--model", tmp_path / "no-such-model", "--out", fresh)
+    assert code != 0 and "Traceback" not in err
+    assert not fresh.exists() and not fresh.with_name("feats.npy.partial").exists()
+
+
 # ---- precision --------------------------------------------------------------------------------------------
 def _train_tiny_classifier(folder, videos_by_label):
     """A few dozen steps of real training so the model's top-1 means something."""

@@ -89,17 +89,18 @@ def embed(
     if pool not in ("auto", "mean", "token0", "none"):
         raise typer.BadParameter(f"--pool must be auto, mean, token0 or none, got {pool!r}")
     paths, out = gather_inputs(inputs, shard, out)
-    if fmt == "jsonl":
-        done = set(finished_records(out)) if resume else set()
-        writer = RecordWriter(out, "jsonl")
-    else:
-        writer = EmbeddingWriter(out, fmt, resume=resume)
-        done = writer.done()
+    # What an earlier run finished, read before anything is opened for writing (a JSON Lines journal is
+    # rewritten from the start), and the model loaded before a fresh journal appears (a model that fails
+    # to load leaves nothing behind).
+    previous = finished_records(out) if fmt == "jsonl" and resume else {}
+    writer = EmbeddingWriter(out, fmt, resume=True) if fmt != "jsonl" and resume else None
+    done = set(previous) if fmt == "jsonl" else writer.done() if writer is not None else set()
     todo = [p for p in paths if p not in done]
     opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
     _, engine = load_model(model, revision, pool, opts) if todo else (None, None)
+    if writer is None:
+        writer = RecordWriter(out, "jsonl") if fmt == "jsonl" else EmbeddingWriter(out, fmt)
     results = engine.run(todo) if todo else iter(())
-    previous = finished_records(out) if fmt == "jsonl" and resume else {}
     failures = 0
     with progress(len(todo), quiet, "embed") as advance:
         for path in paths:
