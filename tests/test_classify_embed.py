@@ -333,6 +333,20 @@ def test_embed_jsonl_resume_keeps_the_journal_and_a_failed_load_leaves_nothing(
     assert not fresh.exists() and not fresh.with_name("feats.npy.partial").exists()
 
 
+def test_embed_resume_refuses_a_journal_made_with_other_settings(capsys, tmp_path, corpus, classifier):
+    out = tmp_path / "feats.npy"
+    code, _, _ = vmae(
+        capsys, "embed", corpus / "v0.mp4", "--model", classifier, "--out", out, "--pool", "mean"
+    )
+    assert code == 0
+    journal = tmp_path / "feats.npy.partial"  # as a killed run with --pool token0 would leave it
+    journal.mkdir()
+    (journal / "settings.json").write_text(json.dumps({"model": str(classifier), "pool": "token0"}))
+    code, _, err = vmae(capsys, "embed", corpus / "v0.mp4", "--model", classifier, "--out", out, "--resume")
+    assert code == 2 and "pool 'token0'" in err and "Traceback" not in err
+    assert (journal / "settings.json").exists()  # the interrupted run's journal is left as it was
+
+
 # ---- precision --------------------------------------------------------------------------------------------
 def _train_tiny_classifier(folder, videos_by_label):
     """A few dozen steps of real training so the model's top-1 means something."""

@@ -133,7 +133,9 @@ class EmbeddingWriter:
     `OUT-stem.errors.jsonl`.
     """
 
-    def __init__(self, out: Path, fmt: str, resume: bool = False):
+    def __init__(self, out: Path, fmt: str, resume: bool = False, settings: dict | None = None):
+        """`settings`: what the vectors depend on (model, pooling, sampling...). Kept in the journal; a
+        resumed run with other settings is refused, so that one file never mixes two kinds of vector."""
         import shutil
 
         self.out, self.fmt = out, fmt
@@ -141,6 +143,8 @@ class EmbeddingWriter:
         if self.journal.exists() and not resume:
             shutil.rmtree(self.journal)
         self.journal.mkdir(parents=True, exist_ok=True)
+        if settings is not None:
+            self._check_settings(settings, resume)
         self.rows_path, self.index_path = self.journal / "rows.f32", self.journal / "index.jsonl"
         self.index: dict[str, dict] = {}  # path -> {"row", "shape"} or {"error"}
         self.shape: list[int] | None = None
@@ -149,6 +153,23 @@ class EmbeddingWriter:
             self._recover()
         self._rows = open(self.rows_path, "ab")
         self._index = open(self.index_path, "a", encoding="utf-8")
+
+    def _check_settings(self, settings: dict, resume: bool) -> None:
+        from .errors import UsageError
+        from .files import atomic_write_text
+
+        path = self.journal / "settings.json"
+        if resume and path.exists():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            if changed:
+                was = ", ".join(f"{k} {saved.get(k)!r}" for k in changed)
+                raise UsageError(
+                    f"--resume continues {self.journal}, made with {was}; resume with the same settings, "
+                    "or drop --resume to start over"
+                )
+            return
+        atomic_write_text(path, json.dumps(settings, sort_keys=True))
 
     def _recover(self) -> None:
         """Keep the journal's complete rows; drop anything after a kill mid-write."""
