@@ -347,6 +347,23 @@ def test_embed_resume_refuses_a_journal_made_with_other_settings(capsys, tmp_pat
     assert (journal / "settings.json").exists()  # the interrupted run's journal is left as it was
 
 
+def test_a_resumed_journal_keeps_earlier_records_at_every_moment(tmp_path):
+    """Records an interrupted run finished are journaled before any new work, not when their turn comes in
+    input order: a second kill, while an earlier input is still being computed, loses none of them."""
+    from vmae_cli.output import RecordWriter, finished_records
+
+    out = tmp_path / "preds.jsonl"
+    done = {"c.mp4": {"path": "c.mp4", "ok": True, "predictions": []}}
+    writer = RecordWriter(out, "jsonl", done=done)
+    writer.write({"path": "a.mp4", "ok": True, "predictions": []})  # new work, before c in input order
+    assert set(finished_records(out)) == {"a.mp4", "c.mp4"}  # killed here: nothing lost
+    writer.write({"path": "b.mp4", "ok": False, "error": {"type": "X", "message": "m"}})
+    writer.write(done["c.mp4"])
+    writer.close()
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()] == ["a.mp4", "b.mp4", "c.mp4"]
+    assert not (tmp_path / "preds.jsonl.partial").exists()
+
+
 # ---- precision --------------------------------------------------------------------------------------------
 def _train_tiny_classifier(folder, videos_by_label):
     """A few dozen steps of real training so the model's top-1 means something."""

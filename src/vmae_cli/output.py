@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,44 +82,59 @@ def finished_records(out: Path) -> dict[str, dict]:
 class RecordWriter:
     """Writes records in input order as JSON Lines (each flushed as it is written) or one JSON array.
 
-    With `out`, records go to `out.partial` as they finish (the resume journal) and the finished file
-    replaces `out` at the end in one rename: a reader never sees half a file.
+    With `out`, records go to the journal `out.partial` as they finish, and at the end `out` appears whole,
+    in input order, in one rename. `done`: records an interrupted run finished (`finished_records`); they are
+    journaled first, in one atomic write, so that no moment of this run can lose them, and `write` does not
+    journal them again.
     """
 
-    def __init__(self, out: Path | None, fmt: str, stream=None):
+    def __init__(self, out: Path | None, fmt: str, stream=None, done: dict[str, dict] | None = None):
         self.out, self.fmt = out, fmt
         self.stream = stream or sys.stdout
         self.records: list[dict] = []
         self._journal = None
+        self._order: list[str] = []  # the paths written, in input order
+        self._done = done or {}
         if out is not None:
+            from .files import atomic_write_text
+
             out.parent.mkdir(parents=True, exist_ok=True)
-            self._journal = open(partial_path(out), "w", encoding="utf-8")
+            lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self._done.values())
+            atomic_write_text(partial_path(out), lines)
+            self._journal = open(partial_path(out), "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False)
         if self._journal is not None:
-            self._journal.write(line + "\n")
-            self._journal.flush()
-        elif self.fmt == "jsonl":
+            self._order.append(record["path"])
+            if self._done.get(record["path"]) is not record:
+                self._journal.write(line + "\n")
+                self._journal.flush()
+            return
+        if self.fmt == "jsonl":
             self.stream.write(line + "\n")
             self.stream.flush()
-        if self.fmt == "json":
+        else:
             self.records.append(record)
 
     def close(self) -> None:
-        """Finish: print the JSON array, or move the journal into place as `out`."""
-        if self._journal is not None:
-            self._journal.close()
-            partial = partial_path(self.out)
+        """Finish: print the JSON array, or write `out` from the journal in input order."""
+        if self._journal is None:
             if self.fmt == "json":
-                from .files import atomic_write_text
+                print_json(self.records, self.stream)
+            return
+        from .files import atomic_path
 
-                atomic_write_text(self.out, json.dumps(self.records, indent=2, ensure_ascii=False) + "\n")
-                partial.unlink()
+        self._journal.close()
+        partial = partial_path(self.out)
+        journaled = {r["path"]: r for r in read_jsonl(partial)}
+        with atomic_path(self.out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            if self.fmt == "json":
+                records = [journaled[p] for p in self._order]
+                f.write(json.dumps(records, indent=2, ensure_ascii=False) + "\n")
             else:
-                os.replace(partial, self.out)
-        elif self.fmt == "json":
-            print_json(self.records, self.stream)
+                f.writelines(json.dumps(journaled[p], ensure_ascii=False) + "\n" for p in self._order)
+        partial.unlink()
 
 
 # ---- embeddings ------------------------------------------------------------------------------------------

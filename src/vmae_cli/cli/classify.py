@@ -97,7 +97,7 @@ def classify(
         results = (engine.timeline(p, window, hop, k) for k, p in enumerate(todo))
     else:
         results = engine.run(todo) if todo else iter(())
-    writer = RecordWriter(out, fmt) if fmt != "table" else None
+    writer = RecordWriter(out, fmt, done=done) if fmt != "table" else None
     failures = 0
     with progress(len(todo), quiet, "classify") as advance:
         for path in paths:

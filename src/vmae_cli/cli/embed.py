@@ -102,7 +102,9 @@ def embed(
     _, engine = load_model(model, revision, pool, opts) if todo else (None, None)
     if writer is None:
         writer = (
-            RecordWriter(out, "jsonl") if fmt == "jsonl" else EmbeddingWriter(out, fmt, settings=settings)
+            RecordWriter(out, "jsonl", done=previous)
+            if fmt == "jsonl"
+            else EmbeddingWriter(out, fmt, settings=settings)
         )
     results = engine.run(todo) if todo else iter(())
     failures = 0
