@@ -82,20 +82,12 @@ def _gelu_new(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-def _gelu_accurate(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
-
-
 def _gelu_python(x: torch.Tensor) -> torch.Tensor:
     return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
 def _gelu_pytorch_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
-
-
-def _gelu_python_tanh(x: torch.Tensor) -> torch.Tensor:
-    return x * 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
 def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
@@ -125,8 +117,8 @@ ACTIVATIONS = {
     "gelu_new": _gelu_new,
     "gelu_python": _gelu_python,
     "gelu_pytorch_tanh": _gelu_pytorch_tanh,
-    "gelu_python_tanh": _gelu_python_tanh,
-    "gelu_accurate": _gelu_accurate,
+    "gelu_python_tanh": _gelu_new,  # transformers writes these two apart; the same operations
+    "gelu_accurate": _gelu_new,
     "hardswish": F.hardswish,
     "laplace": _laplace,
     "leaky_relu": F.leaky_relu,
@@ -521,15 +513,13 @@ def pretraining_targets(
         if tubes is None:
             tubes = patchify(pixel_values, cfg.tubelet_size, cfg.patch_hw)  # (B, N, P, C)
         patches = tubes[bool_masked_pos].reshape(B, -1, *tubes.shape[2:])  # masked tokens only
-        if (
-            cfg.num_channels == 3
-        ):  # back to [0, 1]: the same products and sums as on the frames, fewer of them
+        if cfg.num_channels == 3:
+            # back to [0, 1]: the same products and sums as on the frames, on the masked tokens only
             mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=patches.device, dtype=patches.dtype)
             std = torch.tensor(IMAGENET_DEFAULT_STD, device=patches.device, dtype=patches.dtype)
             patches = patches * std + mean
-        if (
-            cfg.norm_pix_loss
-        ):  # unbiased std per token and channel; a sum of squares (torch.var is far slower)
+        if cfg.norm_pix_loss:
+            # unbiased std per token and channel, as a sum of squares (torch.var is far slower on the CPU)
             centred = patches - patches.mean(dim=-2, keepdim=True)
             var = centred.square().sum(dim=-2, keepdim=True) / (patches.shape[-2] - 1)
             patches = centred / (var.sqrt() + 1e-6)

@@ -72,11 +72,9 @@ def reference_forward(
     encoder tokens (B, N, D).
     """
     pre = "encoder." if "encoder.patch_embed.proj.weight" in state else ""
-    act = F.gelu  # the original's; a transformers source may name another (its exact formula is shared)
-    if cfg.hidden_act != "gelu":
-        from .model import ACTIVATIONS
+    from .model import ACTIVATIONS
 
-        act = ACTIVATIONS[cfg.hidden_act]
+    act = ACTIVATIONS[cfg.hidden_act]  # the original's gelu; a transformers source may name another
     w = state[pre + "patch_embed.proj.weight"]
     D = w.shape[0]
     x = F.conv3d(x, w, state[pre + "patch_embed.proj.bias"], stride=w.shape[2:]).flatten(2).transpose(1, 2)

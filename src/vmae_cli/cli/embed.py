@@ -95,17 +95,17 @@ def embed(
     previous = finished_records(out) if fmt == "jsonl" and resume else {}
     settings = dict(model=str(model), revision=revision, pool=pool, dtype=dtype, frames=frames, stride=stride,
                     sampling=sampling, clips=clips, crops=crops)  # fmt: skip
-    writer = EmbeddingWriter(out, fmt, resume=True, settings=settings) if fmt != "jsonl" and resume else None
-    done = set(previous) if fmt == "jsonl" else writer.done() if writer is not None else set()
+    resumed = EmbeddingWriter(out, fmt, resume=True, settings=settings) if fmt != "jsonl" and resume else None
+    done = resumed.done() if resumed is not None else set(previous)
     todo = [p for p in paths if p not in done]
     opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
     _, engine = load_model(model, revision, pool, opts) if todo else (None, None)
-    if writer is None:
-        writer = (
-            RecordWriter(out, "jsonl", done=previous)
-            if fmt == "jsonl"
-            else EmbeddingWriter(out, fmt, settings=settings)
-        )
+    if resumed is not None:
+        writer = resumed
+    elif fmt == "jsonl":
+        writer = RecordWriter(out, "jsonl", done=previous)
+    else:
+        writer = EmbeddingWriter(out, fmt, settings=settings)
     results = engine.run(todo) if todo else iter(())
     failures = 0
     with progress(len(todo), quiet, "embed") as advance:
