@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VmaeError
-from . import classify, convert, embed, evaluate, finetune, info, pretrain
+from . import classify, convert, embed, evaluate, finetune, info, pretrain, probe
 
 app = typer.Typer(
     name="vmae",
@@ -31,6 +31,7 @@ app.command("convert")(convert.convert)
 app.command("pretrain")(pretrain.pretrain)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
+app.command("probe")(probe.probe)
 
 
 def _version(value: bool) -> None:
