@@ -95,10 +95,10 @@ def test_frames_has_one_row_per_clip_even_when_clips_coincide(capsys, corpus, cl
     """A video shorter than one window gives identical clips: "frames" still lists each (views = rows x crops)."""
     path = str(corpus / "v3.mp4")  # 3 frames: every 4-frame window is [0, 0, 0, 0]
     _, out, _ = vmae(
-        capsys, "classify", path, "--model", classifier, "--json", "--clips", "3", "--crops", "2"
+        capsys, "classify", path, "--model", classifier, "--json", "--clips", "3", "--crops", "3"
     )
     record = json.loads(out)[0]
-    assert record["views"] == 6 and record["frames"] == [[0, 0, 0, 0]] * 3
+    assert record["views"] == 9 and record["frames"] == [[0, 0, 0, 0]] * 3
 
 
 def test_multi_view_and_timeline(capsys, corpus, classifier):
@@ -191,6 +191,8 @@ def test_resume_after_kill(tmp_path, corpus, classifier):
     [
         (["--top-k", "0"], "--top-k"),
         (["--sampling", "random"], "must be window or uniform"),
+        (["--crops", "2"], "'--crops': crops must be 1 (the center) or 3 (along the long side), got 2"),
+        (["--crops", "0"], "'--crops': crops must be 1 (the center) or 3 (along the long side), got 0"),
         (["--json", "--jsonl"], "choose one of --json and --jsonl"),
         (["--resume"], "--resume needs --out"),
         (["--frames", "8"], "takes exactly 4 frames"),
@@ -445,3 +447,13 @@ def test_classify_a_bare_config_whose_weights_hold_a_head(capsys, corpus, tmp_pa
     (pre / "config.json").write_text(json.dumps(config))
     code, _, err = vmae(capsys, "classify", corpus / "v0.mp4", "--model", pre)
     assert code != 0 and "no classifier head" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["embed", "evaluate"])
+def test_crops_2_is_a_usage_error_everywhere(tmp_path, corpus, classifier, command):
+    """Only the center crop and the paper's three crops exist: any other count stops before the model loads."""
+    args = [str(corpus / "v0.mp4"), "--out", str(tmp_path / "f.npy")] if command == "embed" else [str(corpus)]
+    result = run_vmae(command, *args, "--model", str(classifier), "--crops", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "crops must be 1 (the center) or 3 (along the long side), got 2" in result.stderr
+    assert list(tmp_path.iterdir()) == []

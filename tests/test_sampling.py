@@ -90,3 +90,10 @@ def test_spec_round_trip_and_views():
         SamplingSpec.from_dict({"mode": "window", "frame": 16})
     with pytest.raises(ConfigError):
         SamplingSpec(mode="dense")
+
+
+@pytest.mark.parametrize("crops", [0, 2, 4])
+def test_only_the_papers_crops_exist(crops):
+    """1 (center) and 3 (along the long side) are the test views; a frame_sampling with 2 is refused too."""
+    with pytest.raises(ConfigError, match="1 \\(the center\\) or 3"):
+        SamplingSpec.from_dict({"mode": "window", "crops": crops})

@@ -25,6 +25,7 @@ import numpy as np
 from .errors import ConfigError
 
 Pad = Literal["repeat_last", "loop"]
+CROPS = (1, 3)  # the paper's spatial views: the center crop, or three crops along the long side
 
 
 def _check(num_frames: int, clip_len: int, stride: int = 1) -> None:
@@ -164,8 +165,10 @@ class SamplingSpec:
             )
         if self.pad not in ("repeat_last", "loop"):
             raise ConfigError(f"frame_sampling pad must be 'repeat_last' or 'loop', got {self.pad!r}")
-        if min(self.frames, self.stride, self.clips, self.crops) < 1:
-            raise ConfigError("frame_sampling frames, stride, clips and crops must all be >= 1")
+        if min(self.frames, self.stride, self.clips) < 1:
+            raise ConfigError("frame_sampling frames, stride and clips must all be >= 1")
+        if self.crops not in CROPS:
+            raise ConfigError(f"crops must be 1 (the center) or 3 (along the long side), got {self.crops}")
 
     def indices(self, num_frames: int) -> np.ndarray:
         """Deterministic test-time indices, int64 (clips, frames)."""

@@ -77,9 +77,24 @@ SamplingOpt = Annotated[
 ClipsOpt = Annotated[
     int | None, typer.Option("--clips", min=1, help="Clips per video, evenly spaced.", show_default=False)
 ]
+
+
+def _crops(value: int | None) -> int | None:
+    """--crops names one of the paper's spatial views (a usage error, exit 2, otherwise)."""
+    if value is not None:
+        from ..errors import ConfigError
+        from ..sampling import SamplingSpec
+
+        try:
+            SamplingSpec(crops=value)  # the one place that knows which crops exist
+        except ConfigError as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
 CropsOpt = Annotated[
     int | None,
-    typer.Option("--crops", min=1, max=3, help="1 (center) or 3 crops per clip.", show_default=False),
+    typer.Option("--crops", help="1 (center) or 3 crops per clip.", show_default=False, callback=_crops),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model folder, weight file, or Hub id.")]
