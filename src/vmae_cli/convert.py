@@ -31,6 +31,7 @@ import torch
 from .checkpoint import PREPROCESSOR_NAME, _short, normalize_keys
 from .config import CONFIG_NAME, VideoMAEConfig
 from .errors import CheckpointError, UsageError, VmaeError
+from .labelsets import LABEL_SETS, LABELS_DIR
 from .model import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, MODEL_CLASSES, sinusoid_table
 from .reference import BLOCK_NAMES as _BLOCK_NAMES
 from .reference import ORIGINAL_EPS, hf_to_original, verify
@@ -38,8 +39,6 @@ from .reference import ORIGINAL_EPS, hf_to_original, verify
 log = logging.getLogger(__name__)
 
 SOURCES = ("original", "v2", "hf")
-LABELS_DIR = Path(__file__).parent / "labels"
-LABEL_SETS = ("k400", "ssv2")
 DEFAULT_FRAMES, DEFAULT_IMAGE = 16, 224
 HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}  # ViT-S/B/L/H/g
 DECODER_HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 640: 8}  # pre-training decoders of S/B/L(v2 H, g)/H

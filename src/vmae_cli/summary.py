@@ -29,13 +29,14 @@ def architecture(config: VideoMAEConfig) -> str:
 
 
 def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
-    from .inference import default_sampling
+    from .inference import model_sampling
     from .model import count_parameters
 
     found = resolve(ref, revision)
     config = VideoMAEConfig.from_json_file(found.config_path)
     pre = json.loads(found.preprocessor_path.read_text()) if found.preprocessor_path else None
     arch = architecture(config)
+    sampling, evidence = model_sampling(config, pre)
     h, w = config.image_hw
     labels = [config.id2label[i] for i in sorted(config.id2label or {})]
     return {
@@ -56,5 +57,6 @@ def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
         "labels": labels[:5] + (["..."] if len(labels) > 5 else []),
         "parameters": count_parameters(config, arch),
         "weights": [p.name for p in found.weights],
-        "sampling": default_sampling(config, pre).to_dict(),
+        "sampling": sampling.to_dict(),  # what classify and embed sample without --sampling/--stride/...
+        "sampling_from": evidence,
     }

@@ -17,6 +17,7 @@ from .options import (
     JsonFlag,
     QuietOpt,
     RevisionOpt,
+    SamplingOpt,
     StrideOpt,
     ThreadsOpt,
     WorkersOpt,
@@ -50,6 +51,7 @@ def evaluate(
     clips: ClipsOpt = None,
     crops: CropsOpt = None,
     stride: StrideOpt = None,
+    sampling: SamplingOpt = None,
     json_: JsonFlag = False,
     batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
@@ -67,7 +69,7 @@ def evaluate(
     from ..predict import RunOptions, load_model
     from .batch import exit_code, progress
 
-    opts = RunOptions(batch_size, device, dtype, workers, threads, None, stride, None, clips, crops)
+    opts = RunOptions(batch_size, device, dtype, workers, threads, None, stride, sampling, clips, crops)
     net, engine = load_model(model, revision, "classify", opts)
     labelled = load_labelled(data, net.config.id2label, label_map=labels)
     with progress(len(labelled), quiet, "evaluate") as advance:

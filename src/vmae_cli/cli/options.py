@@ -69,7 +69,7 @@ SamplingOpt = Annotated[
     str | None,
     typer.Option(
         "--sampling",
-        help="window (strided clips) or uniform (one frame per segment).",
+        help="window (strided clips) or uniform (one frame per segment); default: the model's (vmae info).",
         show_default=False,
         callback=_one_of("window", "uniform"),
     ),

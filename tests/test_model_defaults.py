@@ -1,0 +1,124 @@
+"""What vmae decides for a model when the user does not say: its frame sampling, from evidence that cannot
+collide (an explicit --sampling, the model's frame_sampling section, its exact label set), and how `vmae info`
+reports it. The models carry the real label sets users meet: the bundled Kinetics-400 and SSv2 lists."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vmae_cli.labelsets import bundled, recognise
+from vmae_cli.sampling import segment_indices, window_indices
+
+from .conftest import run_vmae, vmae_in_process
+from .models import TINY_PREPROCESSOR, tiny_classifier
+from .videos import write_video
+
+NUM_FRAMES = 60  # the test video: 2.4 s at 25 fps
+
+
+def _hub_spelling(label: str) -> str:
+    """SSv2 as the Hub's configs spell it: "Putting [something] into [something]"."""
+    return label.replace("something", "[something]").replace("Something", "[Something]")
+
+
+K400 = tuple(bundled("k400")[i] for i in range(400))
+SSV2_HUB = tuple(_hub_spelling(bundled("ssv2")[i]) for i in range(174))
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", NUM_FRAMES, gop=10)
+
+
+@pytest.fixture(scope="module")
+def k400(tmp_path_factory):
+    return tiny_classifier(tmp_path_factory.mktemp("k400"), labels=K400)
+
+
+@pytest.fixture(scope="module")
+def ssv2(tmp_path_factory):
+    return tiny_classifier(tmp_path_factory.mktemp("ssv2"), labels=SSV2_HUB)
+
+
+def _classify(capsys, video, model, *args):
+    code, out, err = vmae_in_process(capsys, "classify", video, "--model", model, "--json", *args)
+    assert code == 0, err
+    return json.loads(out)[0]
+
+
+def _info(capsys, model):
+    code, out, err = vmae_in_process(capsys, "info", model, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+# ---- label sets ----------------------------------------------------------------------------------------------
+def test_kinetics_400_is_not_taken_for_something_something():
+    assert "swinging on something" in K400  # the word that used to decide
+    assert recognise(dict(enumerate(K400))) == "Kinetics-400"
+    assert recognise(dict(enumerate(SSV2_HUB))) == "Something-Something v2"
+    assert recognise(bundled("ssv2")) == "Something-Something v2"  # "something" and "[something]" alike
+
+
+UCF101_SOME = ["ApplyEyeMakeup", "ApplyLipstick", "BlowDryHair", "JumpingJack", "PlayingDhol", "YoYo"]
+HMDB51_SOME = ["brush_hair", "cartwheel", "draw_sword", "flic_flac", "shoot_bow", "swing_baseball"]
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        ([f"LABEL_{i}" for i in range(174)], None),  # 174 outputs are not evidence on their own
+        (list(SSV2_HUB[:173]) + ["Juggling something"], None),  # one class differs: not SSv2
+        (["walking", "swinging on something", "putting something on something"], None),
+        (list(K400) + [f"new class {i}" for i in range(200)], "Kinetics-600"),
+        (list(K400) + [f"new class {i}" for i in range(300)], "Kinetics-700"),
+        ([f"class {i}" for i in range(600)], None),  # 600 labels without Kinetics names
+        (UCF101_SOME + [f"Class{i}" for i in range(95)], "UCF101"),
+        (HMDB51_SOME + [f"class_{i}" for i in range(45)], "HMDB51"),
+    ],
+)
+def test_label_sets_need_their_size_and_their_names(labels, expected):
+    assert recognise(dict(enumerate(labels))) == expected
+
+
+# ---- classify, end to end ----------------------------------------------------------------------------------
+def test_a_kinetics_classifier_takes_the_central_window_and_the_5x3_protocol(capsys, video, k400):
+    record = _classify(capsys, video, k400)
+    assert record["views"] == 1 and record["frames"] == window_indices(NUM_FRAMES, 4, 4).tolist()
+    assert record["frames"] == [[20, 24, 28, 32]]
+    result = run_vmae("classify", str(video), "--model", str(k400), "--json", "--clips", "5", "--crops", "3")
+    assert result.returncode == 0, result.stderr  # the README's K400 protocol, as a user runs it
+    record = json.loads(result.stdout)[0]
+    assert record["views"] == 15 and record["frames"] == window_indices(NUM_FRAMES, 4, 4, 5).tolist()
+    assert record["predictions"][0]["label"] in K400
+
+
+def test_an_ssv2_classifier_takes_segments_and_sampling_overrides_either(capsys, video, k400, ssv2):
+    mids = segment_indices(NUM_FRAMES, 4).tolist()
+    assert _classify(capsys, video, ssv2)["frames"] == [mids]
+    assert _classify(capsys, video, ssv2, "--sampling", "window")["frames"] == [[20, 24, 28, 32]]
+    assert _classify(capsys, video, k400, "--sampling", "uniform")["frames"] == [mids]
+
+
+def test_frame_sampling_wins_over_the_labels(capsys, video, tmp_path):
+    sampling = {"mode": "window", "frames": 4, "stride": 2}
+    model = tiny_classifier(tmp_path, labels=SSV2_HUB)
+    (model / "preprocessor_config.json").write_text(
+        json.dumps({**TINY_PREPROCESSOR, "frame_sampling": sampling})
+    )
+    assert _classify(capsys, video, model)["frames"] == window_indices(NUM_FRAMES, 4, 2).tolist()
+    info = _info(capsys, model)
+    assert info["sampling"]["stride"] == 2
+    assert info["sampling_from"] == "frame_sampling in preprocessor_config.json"
+
+
+def test_info_shows_the_sampling_classify_uses(capsys, k400, ssv2):
+    k400_info = _info(capsys, k400)
+    assert k400_info["sampling"] == {"mode": "window", "frames": 4, "stride": 4, "clips": 1, "crops": 1,
+                                     "pad": "repeat_last"}  # fmt: skip
+    assert k400_info["sampling_from"] == "labels: Kinetics-400"
+    ssv2_info = _info(capsys, ssv2)
+    assert ssv2_info["sampling"]["mode"] == "uniform"
+    assert ssv2_info["sampling_from"] == "labels: Something-Something v2"
