@@ -41,7 +41,7 @@ def build(cls, config: VideoMAEConfig, folder: Path, seed: int = 0, preprocessor
 
 
 def tiny_classifier(folder: Path, labels=("walking", "running", "jumping"), **changes) -> Path:
-    config = tiny_config(use_mean_pooling=True, id2label=dict(enumerate(labels)), **changes)
+    config = tiny_config(id2label=dict(enumerate(labels)), **{"use_mean_pooling": True, **changes})
     return build(VideoMAEForVideoClassification, config, folder, preprocessor=TINY_PREPROCESSOR)
 
 

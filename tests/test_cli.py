@@ -34,7 +34,10 @@ def test_info_json_for_a_folder(tmp_path):
     info = json.loads(result.stdout)
     assert info["architecture"] == "VideoMAEForVideoClassification" and info["size"] == "tiny"
     assert (info["frames"], info["image_size"], info["num_labels"]) == (4, [32, 32], 3)
-    assert info["parameters"] == 91_779 and info["pooling"] == "mean"
+    assert info["parameters"] == 91_779 and info["pooling"] == {
+        "classify": "mean+fc_norm",
+        "embed": "mean+fc_norm",
+    }
     assert info["sampling"] == {
         "mode": "window",
         "frames": 4,
@@ -52,7 +55,7 @@ def test_info_for_a_pretraining_checkpoint(tmp_path):
     info = json.loads(run_vmae("info", str(tmp_path), "--json").stdout)
     assert (
         info["architecture"] == "VideoMAEForPreTraining"
-        and info["pooling"] == "token0"
+        and info["pooling"] == {"classify": None, "embed": "mean"}  # embed mean-pools a pre-training model
         and info["num_labels"] == 0
     )
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from vmae_cli.labelsets import bundled, recognise
 from vmae_cli.sampling import segment_indices, window_indices
 
 from .conftest import run_vmae, vmae_in_process
-from .models import TINY_PREPROCESSOR, tiny_classifier
+from .models import TINY_PREPROCESSOR, tiny_classifier, tiny_pretraining
 from .videos import write_video
 
 NUM_FRAMES = 60  # the test video: 2.4 s at 25 fps
@@ -122,3 +123,33 @@ def test_info_shows_the_sampling_classify_uses(capsys, k400, ssv2):
     ssv2_info = _info(capsys, ssv2)
     assert ssv2_info["sampling"]["mode"] == "uniform"
     assert ssv2_info["sampling_from"] == "labels: Something-Something v2"
+
+
+# ---- pooling ---------------------------------------------------------------------------------------------------
+def _embed(capsys, video, model, out, *args):
+    code, _, err = vmae_in_process(
+        capsys, "embed", video, "--model", model, "--out", out, "--dtype", "fp32", *args
+    )
+    assert code == 0, err
+    return np.load(out)
+
+
+@pytest.mark.parametrize(
+    "kind, pooling",
+    [
+        ("pretraining", {"classify": None, "embed": "mean"}),
+        ("token0 classifier", {"classify": "token0", "embed": "mean"}),
+        ("mean classifier", {"classify": "mean+fc_norm", "embed": "mean+fc_norm"}),
+    ],
+)
+def test_info_reports_the_pooling_embed_and_classify_use(capsys, tmp_path, video, kind, pooling):
+    if kind == "pretraining":
+        model = tiny_pretraining(tmp_path / "m")
+    else:
+        model = tiny_classifier(tmp_path / "m", use_mean_pooling=kind == "mean classifier")
+    assert _info(capsys, model)["pooling"] == pooling
+    auto = _embed(capsys, video, model, tmp_path / "auto.npy")
+    mean = _embed(capsys, video, model, tmp_path / "mean.npy", "--pool", "mean")
+    token0 = _embed(capsys, video, model, tmp_path / "token0.npy", "--pool", "token0")
+    assert not np.allclose(auto, token0)  # never the first tubelet
+    assert np.array_equal(auto, mean) == (pooling["embed"] == "mean")  # fc_norm changes the mean

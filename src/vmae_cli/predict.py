@@ -56,6 +56,19 @@ def sampling_spec(config, preprocessor_config: dict | None, opts: RunOptions) ->
         raise UsageError(str(e)) from None
 
 
+def embed_pooling(config) -> str:
+    """What `embed --pool auto` gives: "mean+fc_norm", what a mean-pooling classifier's head sees, else "mean",
+    the encoder's token mean (pre-training and encoder checkpoints, classifiers that read token 0)."""
+    return "mean+fc_norm" if config.num_labels > 0 and config.use_mean_pooling else "mean"
+
+
+def classify_pooling(config) -> str | None:
+    """What a classifier's head reads: fc_norm of the token mean, or token 0; None without a head."""
+    if config.num_labels == 0:
+        return None
+    return "mean+fc_norm" if config.use_mean_pooling else "token0"
+
+
 def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     """A model ready for inference: (model, head function, engine). task: 'classify' or an embed pooling."""
     from .checkpoint import resolve
@@ -86,8 +99,7 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
             return model(x, return_dict=True).logits
     else:
         pool = task
-        has_head = config.num_labels > 0 and config.use_mean_pooling
-        if pool == "auto" and has_head:  # what the classifier head sees: fc_norm of the token mean
+        if pool == "auto" and embed_pooling(config) == "mean+fc_norm":
             model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
 
             def head(x: torch.Tensor) -> torch.Tensor:

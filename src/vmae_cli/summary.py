@@ -31,6 +31,7 @@ def architecture(config: VideoMAEConfig) -> str:
 def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
     from .inference import model_sampling
     from .model import count_parameters
+    from .predict import classify_pooling, embed_pooling
 
     found = resolve(ref, revision)
     config = VideoMAEConfig.from_json_file(found.config_path)
@@ -52,7 +53,7 @@ def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
         "image_size": [h, w],
         "patch_size": list(config.patch_hw),
         "tokens": config.num_patches,
-        "pooling": "mean" if config.use_mean_pooling else "token0",
+        "pooling": {"classify": classify_pooling(config), "embed": embed_pooling(config)},
         "num_labels": config.num_labels,
         "labels": labels[:5] + (["..."] if len(labels) > 5 else []),
         "parameters": count_parameters(config, arch),
