@@ -1,6 +1,7 @@
 """VideoReader: exact frames for every codec/container/pixel format, seeking, rotation, VFR, faults."""
 
 import errno
+import logging
 import os
 import time
 import warnings
@@ -178,6 +179,27 @@ def test_short_clips(videos):
             assert [frame_number(f) for f in r.get_frames([0, n - 1, n, n + 40])] == [0, n - 1, n - 1, n - 1]
 
 
+def test_indices_past_the_end_are_clamped_and_reported(tmp_path, caplog):
+    """The README's snippet, `get_frames(range(0, 64, 4))`, on a 16-frame clip: 12 of the 16 indices are past
+    the end. They still give the last frame (the shape stays what was asked for), and the call says so once."""
+    path = write_video(tmp_path / "short.mp4", 16, gop=8)
+    with VideoReader(path) as r:
+        with caplog.at_level(logging.WARNING, logger="vmae_cli.video"):
+            frames = r.get_frames(range(0, 64, 4))
+        assert [frame_number(f) for f in frames] == [0, 4, 8, 12] + [15] * 12
+        assert r.clamped.tolist() == list(range(16, 64, 4))
+        [record] = caplog.records
+        assert record.getMessage() == (
+            f"{path}: 12 of 16 frame indices (16, 20, 24, ...) are past the end (the video has 16 frames); "
+            "they were clamped to its last frame, 15"
+        )
+        caplog.clear()
+        r.get_frames([15, 15, 3])  # in range: nothing to report
+        assert r.clamped.tolist() == [] and caplog.records == []
+        r.get_frames([20, 21, 22, 40])
+        assert "4 of 4 frame indices (20-22, 40) are past the end" in caplog.records[0].getMessage()
+
+
 def test_overstated_header_is_clamped_to_the_last_decodable_frame(videos, tmp_path):
     whole = videos["h264_bframes_mkv"].read_bytes()
     cut = tmp_path / "cut.mkv"
@@ -261,12 +283,8 @@ def test_unreliable_timestamps_fall_back_to_counting(tmp_path):
         np.testing.assert_array_equal(r.get_frames([14, 2, 7]), ref[[14, 2, 7]])
 
 
-def test_unwanted_non_reference_frames_are_skipped_yet_frames_stay_exact(tmp_path, monkeypatch):
-    """B-frames that nothing is predicted from are not decoded unless wanted, before the window or inside it
-    (frame threads: the picture is large enough for them); what comes out still equals a straight decode."""
-    path = write_video(tmp_path / "bpyramid.mp4", 90, size=(352, 288), gop=90,
-                       options={"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal:scenecut=0"})  # fmt: skip
-    ref = straight_decode(path)
+def _counting_decodes(monkeypatch) -> list:
+    """Patch the reader's decoding loop to list the pts of every frame it decodes; returns that list."""
     seen = []
     real = video_module._safe_decode
 
@@ -276,6 +294,16 @@ def test_unwanted_non_reference_frames_are_skipped_yet_frames_stay_exact(tmp_pat
             yield frame
 
     monkeypatch.setattr(video_module, "_safe_decode", counting)
+    return seen
+
+
+def test_unwanted_non_reference_frames_are_skipped_yet_frames_stay_exact(tmp_path, monkeypatch):
+    """B-frames that nothing is predicted from are not decoded unless wanted, before the window or inside it
+    (frame threads: the picture is large enough for them); what comes out still equals a straight decode."""
+    path = write_video(tmp_path / "bpyramid.mp4", 90, size=(352, 288), gop=90,
+                       options={"x264-params": "bframes=3:b-adapt=0:b-pyramid=normal:scenecut=0"})  # fmt: skip
+    ref = straight_decode(path)
+    seen = _counting_decodes(monkeypatch)
     with VideoReader(path) as r:
         for idx in (np.arange(60, 90, 2), np.arange(30, 46, 4), np.array([89, 70, 71])):
             seen.clear()
@@ -381,3 +409,54 @@ def test_a_stream_that_changes_size_midway_keeps_one_shape(tmp_path):
         assert frames.shape == (4, 48, 64, 3)
         assert [frame_number(f) for f in frames] == [0, 11, 0, 11]
         assert r.get_frames([20]).shape == (1, 48, 64, 3) and (r.width, r.height) == (64, 48)
+
+
+# ---- frames far apart: runs, one seek each (issue 12 item 3) -------------------------------------------------
+SPARSE = ["h264_mp4", "h264_bframes_mkv", "hevc_bframes_mp4", "vp9_webm", "vp8_webm", "av1_mkv", "mpeg4_avi",
+          "mpeg2_bframes_ts", "intra_refresh_mkv", "mjpeg_avi", "h264_bframes_avi", "mpeg1_bframes_mpg"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def long_videos(tmp_path_factory):
+    """The codecs and containers of the exact-frames set, 150 frames long with a keyframe every 6 to 12."""
+    root = tmp_path_factory.mktemp("long")
+    out = {}
+    for name in SPARSE:
+        fname, kwargs = GOOD[name]
+        kwargs = {**kwargs, "num_frames": 150}
+        if "gop" in kwargs or name == "mjpeg_avi":
+            kwargs["gop"] = min(kwargs.get("gop", 1), 10)
+        out[name] = write_video(root / fname, **kwargs)
+    return out
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_frames_far_apart_are_exact_in_every_codec(long_videos, name, monkeypatch):
+    """Sparse sets read in runs, one seek per run, still equal a straight decode; the streams whose timestamps
+    cannot name frames after a seek (AVI with B-frames, MPEG-PS) still count from the start, and stay exact."""
+    ref = straight_decode(long_videos[name])
+    seen = _counting_decodes(monkeypatch)
+    rng = np.random.default_rng(1)
+    with VideoReader(long_videos[name]) as r:
+        assert r.count_frames() == len(ref) == 150
+        np.testing.assert_array_equal(r.get_frames([149, 3]), ref[[149, 3]])
+        if r.frame_index().reliable:  # two runs: not the 140 frames between
+            assert len(seen) < 60
+        for idx in ([3, 4, 5, 70, 71, 72, 140], *(rng.integers(0, 150, size=5) for _ in range(6))):
+            np.testing.assert_array_equal(r.get_frames(idx), ref[idx])
+
+
+@pytest.mark.parametrize("suffix", ["mkv", "mp4"])  # exact demuxed index / the mp4 sample table's
+@pytest.mark.parametrize("bframes", [0, 3])
+def test_two_frames_far_apart_decode_about_two_gops(tmp_path, monkeypatch, suffix, bframes):
+    """`get_frames([a, b])` seeks again for b when a keyframe lies between: about one GOP decoded for each,
+    not the hundreds of frames between them."""
+    gop = 25
+    options = {"x264-params": f"bframes={bframes}:b-adapt=0:scenecut=0"}
+    path = write_video(tmp_path / f"long.{suffix}", 600, gop=gop, options=options)
+    ref = straight_decode(path)
+    seen = _counting_decodes(monkeypatch)
+    with VideoReader(path) as r:
+        assert r.frame_index().approximate == (suffix == "mp4")
+        np.testing.assert_array_equal(r.get_frames([590, 100]), ref[[590, 100]])
+    assert len(seen) <= 2 * gop + 2 * bframes  # before: 491, every frame from 100's keyframe to 590
