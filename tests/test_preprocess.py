@@ -144,7 +144,7 @@ def test_load_clips_is_one_pass_over_all_views(tmp_path, monkeypatch):
     calls = []
     original = VideoReader.get_frames
     monkeypatch.setattr(
-        VideoReader, "get_frames", lambda self, idx, size=None: calls.append(1) or original(self, idx, size)
+        VideoReader, "get_frames", lambda self, idx, **kw: calls.append(1) or original(self, idx, **kw)
     )
     spec = SamplingSpec(frames=4, stride=4, clips=5, crops=3)
     proc = Preprocessor(size={"shortest_edge": 32}, crop_size=32)

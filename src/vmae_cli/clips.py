@@ -33,11 +33,11 @@ class Clips:
     crops: int = 1  # views per clip: rows of indices / timestamps repeat each clip's row this many times
 
 
-def _read(path, spec: SamplingSpec, size, reader_kwargs) -> tuple[np.ndarray, Clips]:
+def _read(path, spec: SamplingSpec, size, reader_kwargs, transform=None) -> tuple[np.ndarray, Clips]:
     with VideoReader(path, **reader_kwargs) as reader:
         n = reader.count_frames()  # exact (demux only); the decode needs the same index anyway
         indices = spec.indices(n)  # (clips, T)
-        flat = reader.get_frames(indices.reshape(-1), size=size)  # repeats decode once
+        flat = reader.get_frames(indices.reshape(-1), size=size, transform=transform)  # repeats decode once
         timestamps = reader.timestamps[indices]
         info = Clips(os.fspath(path), indices, timestamps, n, reader.fps)
     return flat.reshape(*indices.shape, *flat.shape[1:]), info
@@ -69,7 +69,15 @@ def load_clips(
         Clips with `pixel_values` float32 (or uint8) (clips * crops, T, 3, S, S) and indices / timestamps
         (clips * crops, T), each clip's row repeated for its crops.
     """
-    frames, clips = _read(path, spec, None, reader_kwargs)
+
+    def resize(
+        rgb: np.ndarray,
+    ) -> np.ndarray:  # uint8 (H, W, 3) -> (h, w, 3): the pixels of a whole-clip resize
+        return preprocessor.resize(rgb[None])[0].permute(1, 2, 0).numpy()
+
+    # Each distinct frame is resized as soon as it is decoded, so only one frame at full size is ever held,
+    # however large the pictures and however many clips; resize_crop then finds them at size.
+    frames, clips = _read(path, spec, None, reader_kwargs, resize)
     views = [preprocessor.resize_crop(f, spec.crops) for f in frames]  # each uint8 (crops, T, 3, S, S)
     clips.pixel_values = preprocessor.normalize(torch.cat(views)) if normalize else torch.cat(views)
     clips.indices = np.repeat(clips.indices, spec.crops, axis=0)

@@ -11,14 +11,23 @@ ambiguous (raw streams, AVI with B-frames), or that change after a seek (MPEG-PS
 from the start and name frames by counting. Wanted frames far apart are read in runs: the reader seeks
 again wherever a keyframe lies between one wanted frame and the next, so any set of frames costs at most
 about one GOP of decoding per run.
+
+Frames are limited to MAX_PIXELS (8192 x 8192): FFmpeg itself refuses to allocate a larger picture (its
+`max_pixels` option, set for probing and decoding), so a small file that claims a huge picture (a PNG of
+16000 x 16000 renamed .mp4) cannot take gigabytes, and the reader says so in one line.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
+import stat
 import time
 import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -29,6 +38,9 @@ from .errors import VmaeError
 
 log = logging.getLogger(__name__)
 
+# The largest picture the reader decodes: twice 8K UHD (33 MP), 8192 x 8192 square. A decoded frame of this
+# size is at most 512 MB (16-bit RGBA), 200 MB as RGB.
+MAX_PIXELS = 2**26
 # Wanted frames closer than this are decoded through, not sought: a seek flushes and refills the decoder,
 # which costs more than a few frames (a 16x4 window at the end of a 1080p H.264 clip with a keyframe every
 # 12 frames: 0.33 s decoded through, 0.45 s seeking at each keyframe, 2-core CPU). A 16x4 window never seeks
@@ -64,6 +76,21 @@ class EmptyVideoError(VideoError):
     """The file is empty or its video stream has no frames."""
 
 
+class FrameTooLargeError(VideoError):
+    """The video's pictures are larger than the reader's pixel limit (`MAX_PIXELS`)."""
+
+    def __init__(self, path: str, width: int, height: int, limit: int):
+        super().__init__(
+            f"{path}: frames of {width}x{height} pixels ({width * height / 1e6:.0f} MP) are over the limit of "
+            f"{limit} pixels ({limit / 1e6:.0f} MP); scale the video down first "
+            "(e.g. ffmpeg -i IN -vf scale=-2:2160 OUT)"
+        )
+        self.path, self.width, self.height, self.limit = path, width, height, limit
+
+    def __reduce__(self):  # crosses process boundaries (decoding workers) with its fields
+        return (type(self), (self.path, self.width, self.height, self.limit))
+
+
 @dataclass(frozen=True)
 class FrameIndex:
     """Timestamps of every packet of the video stream, in presentation order."""
@@ -89,20 +116,31 @@ class VideoReader:
         path: a local video file.
         threads: decoder threads; 0 lets FFmpeg choose.
         timeout: seconds one operation (open, index, one `get_frames`) may take; None: no limit.
+        max_pixels: the largest picture (width x height) to decode; larger ones raise FrameTooLargeError.
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 0, timeout: float | None = 120.0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int = 0,
+        timeout: float | None = 120.0,
+        max_pixels: int = MAX_PIXELS,
+    ):
         self.path = os.fspath(path)
         self.threads = threads
         self.timeout = timeout
+        self.max_pixels = max_pixels
         self.clamped = np.empty(0, np.int64)  # indices of the last get_frames call that were past the end
         self._index: FrameIndex | None = None
         self._rotation: int | None = None
-        if not os.path.exists(self.path):
-            raise VideoNotFoundError(f"{self.path}: no such file; check the path")
-        if not os.path.isfile(self.path):
+        try:
+            info = os.stat(self.path)
+        except OSError as e:
+            raise _path_error(self.path, e) from e
+        if not stat.S_ISREG(info.st_mode):
             raise VideoNotFoundError(f"{self.path}: not a file; pass a video file")
-        if os.path.getsize(self.path) == 0:
+        if info.st_size == 0:
             raise EmptyVideoError(f"{self.path}: the file is empty (0 bytes); re-copy or re-encode it")
         self._container, self._stream = self._open()
         self._fresh = True  # nothing read from self._container yet: decoding from frame 0 needs no reopening
@@ -114,23 +152,47 @@ class VideoReader:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _open(self) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+        # max_pixels reaches the decoders that probing runs (a PNG is decoded to learn its format)
+        limit = {"max_pixels": str(self.max_pixels)}
+        with _ffmpeg_error() as ffmpeg_error:
+            try:
+                container = av.open(self.path, options=limit, timeout=self.timeout)
+            except av.error.ExitError as e:  # FFmpeg's interrupt callback fired: the open timeout
+                raise VideoTimeoutError(
+                    f"{self.path}: opening took longer than {self.timeout:g} s; check the file or raise the time limit"
+                ) from e
+            except av.error.PermissionError as e:
+                raise VideoPermissionError(
+                    f"{self.path}: permission denied; check the file's permissions"
+                ) from e
+            except av.error.FFmpegError as e:
+                self._check_size(ffmpeg_error())
+                raise VideoDecodeError(
+                    f"{self.path}: not a readable video ({ffmpeg_error() or _reason(e)}); "
+                    "check the file or re-encode it"
+                ) from e
         try:
-            container = av.open(self.path, timeout=self.timeout)
-        except av.error.ExitError as e:  # FFmpeg's interrupt callback fired: the open timeout
-            raise VideoTimeoutError(
-                f"{self.path}: opening took longer than {self.timeout:g} s; check the file or raise the time limit"
-            ) from e
-        except av.error.PermissionError as e:
-            raise VideoPermissionError(f"{self.path}: permission denied; check the file's permissions") from e
-        except av.error.FFmpegError as e:
-            raise VideoDecodeError(
-                f"{self.path}: not a readable video ({_reason(e)}); check the file or re-encode it"
-            ) from e
-        if container.format.name == "tty":  # FFmpeg reads any text file as an "ANSI art" video
+            return self._video_stream(container, ffmpeg_error(), limit)
+        except BaseException:
             container.close()
+            raise
+
+    def _check_size(self, ffmpeg_error: str | None, width: int = 0, height: int = 0) -> None:
+        """Raise FrameTooLargeError for a picture over the limit: from the header's size, else from FFmpeg's
+        refusal to allocate one (a probe that hit max_pixels leaves the size unknown: 0 x 0)."""
+        found = re.search(r"Picture size (\d+)x(\d+)", ffmpeg_error or "")
+        if width * height <= self.max_pixels and found:
+            width, height = int(found[1]), int(found[2])
+        if width * height > self.max_pixels:
+            raise FrameTooLargeError(self.path, width, height, self.max_pixels)
+
+    def _video_stream(self, container, ffmpeg_error: str | None, limit: dict) -> tuple:
+        """The container's first decodable video stream, set up for decoding (the caller closes the container
+        if this raises)."""
+        if container.format.name == "tty":  # FFmpeg reads any text file as an "ANSI art" video
             raise VideoDecodeError(f"{self.path}: a text file, not a video; pass a video file")
         if not any(s.type in ("video", "audio", "subtitle") for s in container.streams):
-            container.close()  # nothing, or only data streams of unknown codec: a header cut short, or not media
+            # nothing, or only data streams of unknown codec: a header cut short, or not media
             raise VideoDecodeError(
                 f"{self.path}: no audio or video stream found; the file is truncated or not a video, "
                 "re-copy or re-encode it"
@@ -139,23 +201,23 @@ class VideoReader:
         attached = av.stream.Disposition.attached_pic
         videos = [s for s in container.streams.video if not s.disposition & attached]
         if not videos:
-            container.close()
             raise NoVideoStreamError(
                 f"{self.path}: no video stream (audio, cover art or data only); pass a video file"
             )
         decodable = [s for s in videos if s.codec_context is not None]
         if not decodable:
-            container.close()
             raise VideoDecodeError(
                 f"{self.path}: the video stream cannot be decoded (unsupported codec or damaged header); "
                 "re-encode it"
             )
         stream = decodable[0]
+        cc = stream.codec_context
+        self._check_size(ffmpeg_error, cc.width, cc.height)
+        cc.options = limit  # FFmpeg refuses larger pictures while decoding too (a stream that changes size)
         # Frame threads pay off on large pictures (PyAV#1980); on tiny ones their hand-off costs more
         # than the decoding, so those keep slice threads.
-        cc = stream.codec_context
         stream.thread_type = "AUTO" if cc.width * cc.height >= 320 * 240 else "SLICE"
-        stream.codec_context.thread_count = self.threads
+        cc.thread_count = self.threads
         return container, stream
 
     def close(self) -> None:
@@ -345,7 +407,13 @@ class VideoReader:
         )
 
     # -- frames ----------------------------------------------------------------------------------
-    def get_frames(self, indices, size: tuple[int, int] | None = None) -> np.ndarray:
+    def get_frames(
+        self,
+        indices,
+        size: tuple[int, int] | None = None,
+        *,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Frames by index, each decoded and converted once, however often it is asked for.
 
         Args:
@@ -353,6 +421,8 @@ class VideoReader:
                 clamped to it (frame num_frames - 1), with a logged warning; `clamped` lists them.
             size: optional (width, height) of the output as displayed; swscale resizes during the
                 colour conversion (fast path; not bit-equal to the Preprocessor's resize).
+            transform: optional function applied to each distinct frame as soon as it is decoded,
+                uint8 (H, W, 3) -> uint8 (h, w, 3) (e.g. a resize): only one frame is held at full size.
         Returns:
             uint8 (N, H, W, 3) RGB, upright (rotation applied). A frame that does not decode (a damaged
             packet) is replaced, with a warning, by the nearest earlier frame that did, else the next one.
@@ -360,14 +430,20 @@ class VideoReader:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if np.any(idx < 0):
             raise ValueError(f"frame indices must be >= 0, got {idx.min()}")
+
+        def convert(frame: av.VideoFrame) -> np.ndarray:
+            rgb = self._to_rgb(frame, size)
+            return rgb if transform is None else transform(rgb)
+
         if len(idx) == 0:
             self.clamped = idx
             w, h = size if size is not None else (self.width, self.height)
-            return np.empty((0, h, w, 3), dtype=np.uint8)
+            shape = (h, w, 3) if transform is None else transform(np.zeros((h, w, 3), np.uint8)).shape
+            return np.empty((0, *shape), dtype=np.uint8)
         deadline = self._deadline()  # one limit for the whole call, retries and fallbacks included
         while True:
             index = self.frame_index()
-            frames = _Frames(np.minimum(idx, len(index.pts) - 1), lambda f: self._to_rgb(f, size))
+            frames = _Frames(np.minimum(idx, len(index.pts) - 1), convert)
             if not index.reliable:
                 self._decode_sequential(frames, deadline)
                 break
@@ -668,6 +744,52 @@ def _safe_decode(container, stream, path: str, keep: set[int] | None = None, key
     finally:
         if skipping:  # the reader decodes again later: leave the decoder as found
             cc.skip_frame = "DEFAULT"
+
+
+@contextmanager
+def _ffmpeg_error():
+    """Yields a function that returns FFmpeg's last error message logged since entering, or None.
+
+    PyAV drops FFmpeg's log unless a log level is set, and then its exceptions say only "Invalid argument" or
+    "Device or resource busy". Inside, a level that records errors and prints nothing (PANIC) stands in for
+    none, only while a file is opened: probing decodes in the calling thread, whereas a log callback taking
+    the GIL from FFmpeg's frame threads can deadlock a decoder.
+    """
+    own = av.logging.get_level() is None
+    if own:
+        av.logging.set_level(av.logging.PANIC)
+    start = av.logging.get_last_error()[0]
+
+    def last() -> str | None:
+        count, entry = av.logging.get_last_error()
+        return entry[2].strip() if count > start and entry else None
+
+    try:
+        yield last
+    finally:
+        if own:
+            av.logging.set_level(None)
+
+
+def _path_error(path: str, e: OSError) -> VideoError:
+    """The error for a path that cannot be stat'ed, saying why."""
+    if e.errno == errno.ELOOP:
+        return VideoNotFoundError(
+            f"{path}: a symbolic link loop (a link on this path leads back to itself); fix the link"
+        )
+    if e.errno == errno.ENOENT and os.path.islink(path):
+        return VideoNotFoundError(
+            f"{path}: a broken symbolic link (its target {os.readlink(path)!r} does not exist); fix the link"
+        )
+    if e.errno == errno.ENOENT:
+        return VideoNotFoundError(f"{path}: no such file; check the path")
+    if e.errno == errno.ENOTDIR:
+        return VideoNotFoundError(f"{path}: part of the path is a file, not a folder; check the path")
+    if e.errno == errno.EACCES:
+        return VideoPermissionError(
+            f"{path}: permission denied (a folder on the path); check the permissions"
+        )
+    return VideoNotFoundError(f"{path}: cannot be read ({e.strerror}); check the path")
 
 
 def _quarter_turns(degrees: float | None) -> int:
