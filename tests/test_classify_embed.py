@@ -211,7 +211,7 @@ def test_bad_flags_exit_2_with_one_line(capsys, corpus, classifier, args, messag
 
 def test_offline_model_not_cached_is_one_line(corpus):
     result = run_vmae("classify", str(corpus / "v0.mp4"))
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # the run cannot start
     lines = result.stderr.strip().splitlines()
     assert (
         len(lines) == 1
@@ -222,7 +222,7 @@ def test_offline_model_not_cached_is_one_line(corpus):
 
 def test_classify_needs_a_classifier(capsys, tmp_path, corpus):
     code, _, err = vmae(capsys, "classify", corpus / "v0.mp4", "--model", tiny_pretraining(tmp_path))
-    assert code == 1 and "no classifier head" in err and "vmae embed" in err
+    assert code == 2 and "no classifier head" in err and "vmae embed" in err
 
 
 # ---- embed ------------------------------------------------------------------------------------------------

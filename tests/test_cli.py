@@ -63,7 +63,7 @@ def test_info_for_a_pretraining_checkpoint(tmp_path):
 def test_expected_failures_are_one_line_without_traceback(tmp_path):
     for args in (["info", str(tmp_path / "missing")], ["info", str(tmp_path)], ["info", "acme/not-cached"]):
         result = run_vmae(*args)
-        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.returncode == 2 and "Traceback" not in result.stderr  # no model: the run cannot start
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: ")
     debug = run_vmae("info", str(tmp_path), env={"VMAE_DEBUG": "1"})
     assert "Traceback" in debug.stderr
@@ -78,7 +78,7 @@ def test_convert_of_a_text_file_is_a_clean_error(tmp_path, capsys):
     src = tmp_path / "notes.txt"
     src.write_text("hello\n")
     code, _, err = vmae_in_process(capsys, "convert", src, tmp_path / "out")
-    assert code == 1 and err.count("\n") == 1 and "not a PyTorch checkpoint" in err and "internal" not in err
+    assert code == 2 and err.count("\n") == 1 and "not a PyTorch checkpoint" in err and "internal" not in err
 
 
 def test_unwritable_out_is_a_clean_error(tmp_path, capsys):

@@ -256,7 +256,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
     done = run_vmae("convert", str(tmp_path / "evil.pth"), str(tmp_path / "out"), "--heads", "4")
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr  # the source cannot be read: the run cannot start
     assert "refused" in done.stderr and "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "out").exists()
 

@@ -284,7 +284,7 @@ def test_usage_errors_are_one_line_exit_2(capsys, data, tmp_path, args, message)
 
 def test_evaluate_a_model_without_head_says_what_to_do(capsys, data, tmp_path):
     code, _, err = vmae(capsys, "evaluate", data / "val", "--model", tiny_pretraining(tmp_path / "pre"))
-    assert code == 1 and "no classifier head" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "no classifier head" in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_existing_run_needs_resume(capsys, trained, data):

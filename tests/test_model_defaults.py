@@ -153,3 +153,78 @@ def test_info_reports_the_pooling_embed_and_classify_use(capsys, tmp_path, video
     token0 = _embed(capsys, video, model, tmp_path / "token0.npy", "--pool", "token0")
     assert not np.allclose(auto, token0)  # never the first tubelet
     assert np.array_equal(auto, mean) == (pooling["embed"] == "mean")  # fc_norm changes the mean
+
+
+# ---- a model that cannot be used: the run cannot start (exit 2) ---------------------------------------------
+@pytest.fixture(scope="module")
+def unusable(tmp_path_factory, video, k400):
+    """A labelled folder, and models that exist but cannot serve: damaged weights, a pre-training model."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("unusable")
+    for label in ("a", "b"):
+        (root / "data" / label).mkdir(parents=True)
+        shutil.copy(video, root / "data" / label / "1.mp4")
+    shutil.copytree(k400, root / "damaged")
+    weights = root / "damaged" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated, as an interrupted download leaves it
+    tiny_pretraining(root / "pre")
+    return root
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["classify", "{video}", "--model", "{root}/no-such-model"], "no such file or folder"),
+        (["classify", "{video}", "--model", "acme/not-cached"], "hf download acme/not-cached"),
+        (["classify", "{video}", "--model", "{root}/damaged"], "damaged or truncated"),
+        (["classify", "{video}", "--model", "{root}/pre"], "no classifier head"),
+        (["embed", "{video}", "--model", "{root}/damaged", "--out", "{out}/f.npy"], "damaged or truncated"),
+        (["evaluate", "{root}/data", "--model", "{root}/pre"], "no classifier head"),
+        (["probe", "{root}/data", "--model", "{root}/no-such-model"], "no such file or folder"),
+        (
+            ["finetune", "{root}/data", "--model", "{root}/damaged", "--out", "{out}/run"],
+            "damaged or truncated",
+        ),
+        (
+            [
+                "pretrain",
+                "{root}/data",
+                "--init",
+                "{k400}",
+                "--out",
+                "{out}/run",
+                "--model-config",
+                "tiny",
+                "--batch-size",
+                "1",
+            ],
+            "does not match VideoMAEForPreTraining",
+        ),  # fmt: skip
+        (["info", "acme/not-cached"], "hf download acme/not-cached"),
+        (["convert", "{root}/damaged/model.safetensors", "{out}/converted"], "damaged"),
+    ],
+    ids=[
+        "missing",
+        "not-cached",
+        "damaged",
+        "pre-training",
+        "embed-damaged",
+        "evaluate-pre-training",
+        "probe-missing",
+        "finetune-damaged",
+        "pretrain-init-classifier",
+        "info-not-cached",
+        "convert-damaged",
+    ],
+)
+def test_a_model_that_cannot_be_used_exits_2_in_one_line(capsys, tmp_path, video, k400, unusable, args, says):
+    """Exit 2, as for usage: a script tells a typo in --model from a video that failed (1). Nothing is written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    code, stdout, err = vmae_in_process(
+        capsys, *[a.format(video=video, root=unusable, k400=k400, out=out) for a in args]
+    )
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and says in err
+    assert stdout == "" and list(out.iterdir()) == []

@@ -18,8 +18,16 @@ class UsageError(VmaeError):
 
 
 class CheckpointError(VmaeError):
-    """A model reference that cannot be resolved or loaded."""
+    """A model reference that cannot be resolved or loaded (missing, damaged, the wrong kind of model).
+
+    The run cannot start, so the exit code is 2, as for usage errors: a script tells a typo in --model
+    from inputs that failed (1).
+    """
+
+    exit_code = 2
 
 
 class ConfigError(VmaeError, ValueError):
-    """An invalid or inconsistent model configuration."""
+    """An invalid or inconsistent model configuration: the model cannot be built, the run cannot start (exit 2)."""
+
+    exit_code = 2

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .errors import UsageError, VmaeError
+from .errors import CheckpointError, UsageError, VmaeError
 from .inference import Engine, VideoResult, default_sampling, preprocessor_for, resolve_device, resolve_dtype
 from .sampling import SamplingSpec
 
@@ -88,7 +88,7 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
                     ref, revision, dtype=dtype, device=device
                 )
         if (model.config if model is not None else config).num_labels == 0:
-            raise VmaeError(
+            raise CheckpointError(
                 f"{ref}: this model has no classifier head (it is a pre-training or feature checkpoint); "
                 "fine-tune it first (`vmae finetune`) or use `vmae embed`"
             )
