@@ -11,6 +11,7 @@ eps of each LayerNorm, the position table computed in float64), so logits agree 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -30,6 +31,15 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 
 class ShapeError(VmaeError, ValueError):
     """Input tensors whose shape does not fit the model."""
+
+
+def _require(condition: torch.Tensor, message: Callable[[], str]) -> None:
+    """Raise ShapeError unless `condition` (a bool tensor) holds. Under torch.export or torch.compile a Python
+    branch on tensor values cannot be traced: there the check becomes an assertion that the program runs."""
+    if torch.compiler.is_compiling():
+        torch._check(condition.item(), message)
+    elif not bool(condition):
+        raise ShapeError(message())
 
 
 # ---- outputs ---------------------------------------------------------------------------------------------
@@ -66,6 +76,11 @@ class ImageClassifierOutput(ModelOutput):
     logits: torch.Tensor  # (B, num_labels)
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# pytree nodes, so that torch.export can trace a model that returns them (their None fields are left out)
+for _output in (BaseModelOutput, VideoMAEForPreTrainingOutput, ImageClassifierOutput):
+    torch.export.register_dataclass(_output, serialized_type_name=f"{__name__}.{_output.__name__}")
 
 
 # ---- activations: transformers' ACT2FN entries without parameters, written as transformers writes them ----
@@ -308,7 +323,10 @@ class Embeddings(nn.Module):
         tubes = tubes[keep].reshape(B, -1, ts, ph, pw, tubes.shape[-1]).permute(0, 1, 5, 2, 3, 4)
         x = F.linear(tubes.flatten(2), proj.weight.reshape(D, -1), proj.bias)  # weight order (C, ts, ph, pw)
         pos = self.position_embeddings.to(x.dtype).expand(B, -1, -1)
-        return x + pos[keep].reshape(B, -1, D)
+        x = x + pos[keep].reshape(B, -1, D)
+        if torch.compiler.is_compiling():  # traced, attention must know that the count is not 0
+            torch._check(x.shape[1] > 0)
+        return x
 
 
 # ---- models ----------------------------------------------------------------------------------------------
@@ -412,10 +430,13 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
             )
         bool_masked_pos = bool_masked_pos.to(device=pixel_values.device, dtype=torch.bool).expand(B, N)
         counts = bool_masked_pos.sum(1)
-        if B > 1 and bool(counts.min() != counts.max()):
-            raise ShapeError(
-                "bool_masked_pos must mask the same number of tokens in every sample of a batch; got "
-                f"{counts.tolist()} (tube masking gives equal counts)"
+        if B > 1:
+            _require(
+                counts.min() == counts.max(),
+                lambda: (
+                    "bool_masked_pos must mask the same number of tokens in every sample of a batch; got "
+                    f"{counts.tolist()} (tube masking gives equal counts)"
+                ),
             )
         return bool_masked_pos
 
@@ -575,6 +596,7 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
         x = torch.cat([x + pos_visible, self.mask_token + pos_masked], dim=1)  # visible first, then masked
         logits = self.decoder(x, pos_masked.shape[1])  # (B, N_decoded, patch_dim)
         labels = pretraining_targets(pixel_values, decoded, self.config, tubes)
+        torch._check(labels.shape[1] == logits.shape[1])  # the same tokens: true, and torch.export must know
         loss = F.mse_loss(logits, labels.to(logits.dtype))
         out = VideoMAEForPreTrainingOutput(loss, logits, enc.hidden_states, enc.attentions)
         return out if return_dict is not False else out.to_tuple()
@@ -588,15 +610,13 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
                 f"got {tuple(decoder_mask.shape)}"
             )
         counts = decoder_mask.sum(1)
-        if (
-            bool((decoder_mask & ~bool_masked_pos).any())
-            or bool(counts.min() != counts.max())
-            or not int(counts[0])
-        ):
-            raise ShapeError(
+        _require(
+            ~(decoder_mask & ~bool_masked_pos).any() & (counts.min() == counts.max()) & (counts[0] > 0),
+            lambda: (
                 "decoder_mask must pick some of the masked tokens (True only where bool_masked_pos is True), "
                 "the same number in every sample"
-            )
+            ),
+        )
         return decoder_mask
 
 

@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import VmaeError
-from . import classify, convert, embed, evaluate, finetune, info, pretrain, probe
+from . import classify, convert, embed, evaluate, export, finetune, info, pretrain, probe
 
 app = typer.Typer(
     name="vmae",
@@ -32,6 +32,7 @@ app.command("pretrain")(pretrain.pretrain)
 app.command("finetune")(finetune.finetune)
 app.command("evaluate")(evaluate.evaluate)
 app.command("probe")(probe.probe)
+app.command("export")(export.export)
 
 
 def _version(value: bool) -> None:
