@@ -15,13 +15,14 @@ import sys
 import warnings
 import zlib
 
+import av
 import numpy as np
 import pytest
 
 from vmae_cli.video import MAX_PIXELS, FrameTooLargeError, VideoError, VideoNotFoundError, VideoReader
 
 from .conftest import REPO, vmae_in_process
-from .videos import frame_number, write_video
+from .videos import frame_number, frame_picture, write_video
 
 GB = 1 << 30
 
@@ -148,3 +149,28 @@ def test_larger_pictures_midway_are_refused_by_the_decoder(tmp_path):
     assert [frame_number(f) for f in frames] == [0, 11, 11, 11]  # the last small frame stands in
     assert any("did not decode" in str(w.message) for w in caught)
     assert np.array_equal(frames[2], frames[1])
+
+
+def test_a_large_cover_picture_beside_the_video_does_not_count(tmp_path):
+    """FFmpeg's refusal to probe a picture over the limit names only a size: when it is the cover art's (an
+    attached picture, not the video), the video stream itself is within the limit and reads."""
+    path = tmp_path / "with_cover.mp4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        cover = out.add_stream("png", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 128, 128, "rgb24"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.zeros((128, 128, 3), np.uint8), format="rgb24")
+        picture.pts = 0
+        for packet in [*cover.encode(picture), *cover.encode()]:
+            out.mux(packet)
+        for f in range(10):
+            frame = av.VideoFrame.from_ndarray(frame_picture(f, 64, 48), format="rgb24")
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    with VideoReader(path, max_pixels=64 * 48) as r:  # the cover's 128 x 128 is over it
+        assert (r.width, r.height) == (64, 48)
+        assert [frame_number(f) for f in r.get_frames([9, 2])] == [9, 2]

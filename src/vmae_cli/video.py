@@ -9,8 +9,8 @@ trusted only if it lands on a keyframe of the index, at or before the first want
 lands late (intra refresh) retries from an earlier keyframe. Timestamps that are missing or
 ambiguous (raw streams, AVI with B-frames), or that change after a seek (MPEG-PS), make it decode
 from the start and name frames by counting. Wanted frames far apart are read in runs: the reader seeks
-again wherever a keyframe lies between one wanted frame and the next, so any set of frames costs at most
-about one GOP of decoding per run.
+again wherever the keyframe before the next wanted frame lies more than SEEK_SKIP frames ahead, so any set
+of frames costs at most about one GOP of decoding per run, never the frames between runs.
 
 Frames are limited to MAX_PIXELS (8192 x 8192): FFmpeg itself refuses to allocate a larger picture (its
 `max_pixels` option, set for probing and decoding), so a small file that claims a huge picture (a PNG of
@@ -39,7 +39,7 @@ from .errors import VmaeError
 log = logging.getLogger(__name__)
 
 # The largest picture the reader decodes: twice 8K UHD (33 MP), 8192 x 8192 square. A decoded frame of this
-# size is at most 512 MB (16-bit RGBA), 200 MB as RGB.
+# size takes 100 MB in 8-bit YUV 4:2:0, 200 MB as RGB, 512 MB in 16-bit RGBA (1 GB in float RGBA: EXR).
 MAX_PIXELS = 2**26
 # Wanted frames closer than this are decoded through, not sought: a seek flushes and refills the decoder,
 # which costs more than a few frames (a 16x4 window at the end of a 1080p H.264 clip with a keyframe every
@@ -81,8 +81,8 @@ class FrameTooLargeError(VideoError):
 
     def __init__(self, path: str, width: int, height: int, limit: int):
         super().__init__(
-            f"{path}: frames of {width}x{height} pixels ({width * height / 1e6:.0f} MP) are over the limit of "
-            f"{limit} pixels ({limit / 1e6:.0f} MP); scale the video down first "
+            f"{path}: frames of {width}x{height} pixels ({width * height / 1e6:.3g} MP) are over the limit of "
+            f"{limit} pixels ({limit / 1e6:.3g} MP); scale the video down first "
             "(e.g. ffmpeg -i IN -vf scale=-2:2160 OUT)"
         )
         self.path, self.width, self.height, self.limit = path, width, height, limit
@@ -178,10 +178,11 @@ class VideoReader:
             raise
 
     def _check_size(self, ffmpeg_error: str | None, width: int = 0, height: int = 0) -> None:
-        """Raise FrameTooLargeError for a picture over the limit: from the header's size, else from FFmpeg's
-        refusal to allocate one (a probe that hit max_pixels leaves the size unknown: 0 x 0)."""
+        """Raise FrameTooLargeError for a picture over the limit: from the header's size, else, where that is
+        unknown (0 x 0: the probe hit max_pixels, or opening failed), from FFmpeg's refusal to allocate one.
+        A refusal with a size known is another stream's (huge cover art beside the video): not this one's."""
         found = re.search(r"Picture size (\d+)x(\d+)", ffmpeg_error or "")
-        if width * height <= self.max_pixels and found:
+        if width * height == 0 and found:
             width, height = int(found[1]), int(found[2])
         if width * height > self.max_pixels:
             raise FrameTooLargeError(self.path, width, height, self.max_pixels)
