@@ -30,6 +30,7 @@ def isolated_hf_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))  # vmae's cache of weight digests, too
     return home / "hub"
 
 

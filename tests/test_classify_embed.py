@@ -53,7 +53,7 @@ def test_jsonl_one_line_per_input_in_order_with_failures(capsys, corpus, classif
     assert "broken.mp4" in err and "Traceback" not in err
     for r in records:
         if r["ok"]:
-            assert set(r) == {"path", "ok", "predictions", "views", "frames"}
+            assert set(r) == {"path", "ok", "predictions", "views", "frames", "times", "crop", "provenance"}
             assert [set(p) for p in r["predictions"]] == [{"label", "index", "score"}] * 2
             assert r["predictions"][0]["score"] >= r["predictions"][1]["score"]
             assert r["views"] == 1 and len(r["frames"]) == 1 and len(r["frames"][0]) == 4

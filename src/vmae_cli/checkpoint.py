@@ -326,6 +326,7 @@ class PretrainedMixin:
     """`from_pretrained` / `save_pretrained` in the Hugging Face layout."""
 
     preprocessor_config: dict | None = None
+    resolved: ResolvedModel | None = None  # the files from_pretrained read (provenance names them)
     has_classifier = False  # True for VideoMAEForVideoClassification
 
     @classmethod
@@ -375,6 +376,7 @@ class PretrainedMixin:
         model._init_buffers()
         if found.preprocessor_path is not None:
             model.preprocessor_config = json.loads(found.preprocessor_path.read_text())
+        model.resolved = found
         model.set_attn_implementation(attn_implementation)
         model.eval()
         return model.to(device) if device is not None else model

@@ -31,6 +31,7 @@ class Clips:
     pixel_values: torch.Tensor | None = None  # float32 (views, T, 3, S, S), from load_clips
     frames: np.ndarray | None = None  # uint8 (clips, T, H, W, 3) before preprocessing, from load_frames
     crops: int = 1  # views per clip: rows of indices / timestamps repeat each clip's row this many times
+    frame_size: tuple[int, int] | None = None  # (height, width) of the frames, upright: where the crops lie
 
 
 def _read(path, spec: SamplingSpec, size, reader_kwargs, transform=None) -> tuple[np.ndarray, Clips]:
@@ -39,7 +40,9 @@ def _read(path, spec: SamplingSpec, size, reader_kwargs, transform=None) -> tupl
         indices = spec.indices(n)  # (clips, T)
         flat = reader.get_frames(indices.reshape(-1), size=size, transform=transform)  # repeats decode once
         timestamps = reader.timestamps[indices]
-        info = Clips(os.fspath(path), indices, timestamps, n, reader.fps)
+        info = Clips(
+            os.fspath(path), indices, timestamps, n, reader.fps, frame_size=(reader.height, reader.width)
+        )
     return flat.reshape(*indices.shape, *flat.shape[1:]), info
 
 

@@ -426,6 +426,7 @@ class Engine:
                     len(ts),
                     reader.fps,
                     crops=self.spec.crops,
+                    frame_size=(reader.height, reader.width),
                 )
         except Exception as e:  # noqa: BLE001 - one input's failure is its result
             result.error = e

@@ -142,12 +142,14 @@ def _predictions(score: torch.Tensor, id2label: dict[int, str], top_k: int) -> l
     ]
 
 
-def classification_record(result: VideoResult, config, top_k: int) -> dict:
-    """The JSON record of DESIGN.md for one input (an error record if it failed)."""
+def classification_record(result: VideoResult, config, top_k: int, provenance=None) -> dict:
+    """The JSON record of DESIGN.md for one input (an error record if it failed); with a RunProvenance, also
+    its `times`, `crop` and `provenance` (see provenance.py)."""
     from .output import error_record
 
     if not result.ok:
-        return error_record(result.path, result.error)
+        record = error_record(result.path, result.error)
+        return record if provenance is None else {**record, "provenance": provenance.run}
     id2label = config.id2label or {}
     record = {
         "path": result.path,
@@ -155,6 +157,7 @@ def classification_record(result: VideoResult, config, top_k: int) -> dict:
         "predictions": _predictions(scores(result.outputs, config.problem_type), id2label, top_k),
         "views": int(result.outputs.shape[0]),
         "frames": result.clips.indices[:: result.clips.crops].tolist(),  # one row per clip (or segment)
+        **(provenance.record_fields(result.clips) if provenance is not None else {}),
     }
     if result.segments is not None:
         per = len(result.outputs) // len(result.segments)  # crops per segment

@@ -174,6 +174,15 @@ class Preprocessor:
         step = 1.0 * (width - cw) / (crops - 1)
         return [(top, int(k * step)) for k in range(crops)]
 
+    def crop_boxes(self, height: int, width: int, crops: int = 1) -> tuple[tuple[int, int], list[list[int]]]:
+        """Where `resize_crop`'s views of (height, width) frames lie: the resized (and, if smaller than the
+        crop, zero-padded) frame size, and each view's [top, left, height, width] in it."""
+        h, w = self.output_size(height, width)
+        if not self.do_center_crop:
+            return (h, w), [[0, 0, h, w]] * crops
+        (ch, cw), h, w = self.crop, max(h, self.crop[0]), max(w, self.crop[1])
+        return (h, w), [[top, left, ch, cw] for top, left in self.crop_offsets(h, w, crops)]
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (..., 3, h, w) -> float32, rescale and normalize fused in one affine step."""
         x = x.float()

@@ -75,6 +75,7 @@ def classify(
     """
     from ..output import RecordWriter, finished_records
     from ..predict import RunOptions, classification_record, load_model
+    from ..provenance import RunProvenance
     from .batch import exit_code, gather_inputs, progress, report_error
     from .render import print_classification
 
@@ -93,6 +94,7 @@ def classify(
 
     opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
     net, engine = load_model(model, revision, "classify", opts) if todo else (None, None)
+    provenance = RunProvenance.of(engine, model) if todo and fmt != "table" else None
     if timeline:
         results = (engine.timeline(p, window, hop, k) for k, p in enumerate(todo))
     else:
@@ -104,7 +106,7 @@ def classify(
             if path in done:
                 record = done[path]
             else:
-                record = classification_record(next(results), net.config, top_k)
+                record = classification_record(next(results), net.config, top_k, provenance)
                 advance()
             failures += not record["ok"]
             if writer is not None:

@@ -81,6 +81,7 @@ def embed(
     """
     from ..output import EmbeddingWriter, RecordWriter, error_record, finished_records
     from ..predict import RunOptions, embedding, load_model
+    from ..provenance import RunProvenance
     from .batch import exit_code, gather_inputs, progress, report_error
 
     fmt = format_ or (out.suffix.lstrip(".") if out.suffix.lstrip(".") in FORMATS else "npy")
@@ -100,6 +101,7 @@ def embed(
     todo = [p for p in paths if p not in done]
     opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
     _, engine = load_model(model, revision, pool, opts) if todo else (None, None)
+    provenance = RunProvenance.of(engine, model) if todo and fmt == "jsonl" else None
     if resumed is not None:
         writer = resumed
     elif fmt == "jsonl":
@@ -120,8 +122,9 @@ def embed(
                 failures += 1
                 report_error(error_record(path, result.error))
             if fmt == "jsonl":
-                writer.write({"path": path, "ok": True, "embedding": embedding(result).tolist()}
-                             if result.ok else error_record(path, result.error))  # fmt: skip
+                writer.write({"path": path, "ok": True, "embedding": embedding(result).tolist(),
+                              **provenance.record_fields(result.clips)}
+                             if result.ok else {**error_record(path, result.error), "provenance": provenance.run})  # fmt: skip
             else:
                 writer.write(path, embedding(result) if result.ok else None, result.error)
     if fmt == "jsonl":
