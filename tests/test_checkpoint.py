@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from vmae_cli import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 from vmae_cli.checkpoint import resolve
-from vmae_cli.errors import CheckpointError
+from vmae_cli.errors import CheckpointError, FieldError
 from vmae_cli.model import ShapeError
 
 from .models import TINY_PREPROCESSOR, build, tiny_classifier, tiny_config, tiny_pretraining
@@ -185,8 +185,16 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
     config["hidden_size"] = 32
     config["intermediate_size"] = 64
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="weights do not fit the config.*in the file"):
+    with pytest.raises(
+        FieldError, match=r"config.json: hidden_size is 32, but model.safetensors holds 64"
+    ) as e:
         VideoMAEForVideoClassification.from_pretrained(tmp_path)
+    assert (e.value.path, e.value.field, e.value.value, e.value.allowed) == (
+        tmp_path / "config.json",
+        "hidden_size",
+        32,
+        64,
+    )
 
 
 def test_pixel_values_of_the_wrong_shape_name_the_expected_one(tmp_path):

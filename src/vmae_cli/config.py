@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, FieldError
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 MODEL_TYPE = "videomae"
@@ -30,6 +33,20 @@ HIDDEN_ACTS = (
 
 # Keys that describe a file rather than the model; dropped on read, rewritten on save.
 _VOLATILE = {"transformers_version", "_name_or_path", "model_type", "qv_bias", "qkv_bias"}
+
+# Sizes vmae builds (inclusive; each side of a pair). Past them a config is refused before anything is
+# allocated, naming the field (README, "Limits"). The largest published VideoMAE, ViT-g (VideoMAEv2), is
+# 1408 wide, 40 layers deep, with a 6144 MLP, 16 frames of 224x224 and 1568 tokens.
+LIMITS = {
+    "image_size": (1, 4096), "patch_size": (1, 4096), "num_channels": (1, 16), "num_frames": (1, 1024),
+    "tubelet_size": (1, 1024), "hidden_size": (1, 16384), "num_hidden_layers": (1, 256),
+    "num_attention_heads": (1, 1024), "intermediate_size": (1, 65536), "decoder_hidden_size": (1, 16384),
+    "decoder_num_hidden_layers": (0, 256), "decoder_num_attention_heads": (1, 1024),
+    "decoder_intermediate_size": (1, 65536),
+}  # fmt: skip
+MAX_TOKENS = 65536  # per clip: (num_frames / tubelet_size) x (height / patch) x (width / patch)
+MAX_PARAMETERS = 4_000_000_000
+MAX_LABELS = 1 << 20  # num_labels builds LABEL_i names, one per output
 
 
 def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -117,29 +134,53 @@ class VideoMAEConfig:
         return self.num_channels * self.tubelet_size * ph * pw
 
     def validate(self) -> None:
+        """Refuse sizes that cannot make a model or that pass `LIMITS`, naming the field, before anything
+        is built: an absurd config.json costs nothing."""
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if not all(low <= side <= high for side in (value if isinstance(value, tuple) else (value,))):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise _invalid(
+                    name, shown, f"{low}..{high}", f"{name} {shown} is outside vmae's limits {low}..{high}"
+                )
         (h, w), (ph, pw) = self.image_hw, self.patch_hw
-        problems = []
         if h % ph or w % pw:
-            problems.append(f"image_size {h}x{w} is not a multiple of patch_size {ph}x{pw}")
+            problem = f"image_size {h}x{w} is not a multiple of patch_size {ph}x{pw}"
+            raise _invalid("image_size", [h, w], f"multiples of patch_size {ph}x{pw}", problem)
         if self.num_frames % self.tubelet_size:
-            problems.append(
-                f"num_frames {self.num_frames} is not a multiple of tubelet_size {self.tubelet_size}"
-            )
-        if self.hidden_size % self.num_attention_heads:
-            problems.append(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
-            )
-        if self.decoder_hidden_size % self.decoder_num_attention_heads:
-            problems.append(
-                f"decoder_hidden_size {self.decoder_hidden_size} is not divisible by "
-                f"decoder_num_attention_heads {self.decoder_num_attention_heads}"
-            )
+            problem = f"num_frames {self.num_frames} is not a multiple of tubelet_size {self.tubelet_size}"
+            raise _invalid("num_frames", self.num_frames, f"a multiple of {self.tubelet_size}", problem)
+        for part in ("", "decoder_"):
+            width, heads = getattr(self, f"{part}hidden_size"), getattr(self, f"{part}num_attention_heads")
+            if width % heads:
+                problem = f"{part}hidden_size {width} is not divisible by {part}num_attention_heads {heads}"
+                raise _invalid(f"{part}num_attention_heads", heads, f"a divisor of {width}", problem)
         if self.hidden_act not in HIDDEN_ACTS:
-            problems.append(
-                f"hidden_act {self.hidden_act!r} is not supported (one of: {', '.join(HIDDEN_ACTS)})"
-            )
-        if problems:
-            raise ConfigError("invalid VideoMAE config: " + "; ".join(problems))
+            allowed = ", ".join(HIDDEN_ACTS)
+            problem = f"hidden_act {self.hidden_act!r} is not supported (one of: {allowed})"
+            raise _invalid("hidden_act", self.hidden_act, allowed, problem)
+        if self.num_patches > MAX_TOKENS:  # position tables and attention grow with the tokens
+            t, gh, gw = self.grid
+            problem = (f"num_frames {self.num_frames}, image_size {h}x{w}, patch_size {ph}x{pw} and tubelet_size "
+                       f"{self.tubelet_size} make {t}x{gh}x{gw} = {self.num_patches} tokens per clip, over the "
+                       f"limit of {MAX_TOKENS}")  # fmt: skip
+            raise _invalid("image_size", [h, w], f"at most {MAX_TOKENS} tokens per clip", problem)
+        if self.approx_parameters > MAX_PARAMETERS:
+            problem = (f"{self.num_hidden_layers} layers of width {self.hidden_size} (and the decoder's) make "
+                       f"about {self.approx_parameters:.2g} parameters, over the limit of {MAX_PARAMETERS:.0e}")  # fmt: skip
+            raise _invalid("num_hidden_layers", self.num_hidden_layers, f"at most {MAX_PARAMETERS:.0e} parameters",
+                           problem)  # fmt: skip
+
+    @property
+    def approx_parameters(self) -> int:
+        """The weight count of encoder, decoder and classifier without the small terms (biases, norms)."""
+        enc = self.num_hidden_layers * (
+            4 * self.hidden_size**2 + 2 * self.hidden_size * self.intermediate_size
+        )
+        dd = self.decoder_hidden_size
+        dec = self.decoder_num_hidden_layers * (4 * dd**2 + 2 * dd * self.decoder_intermediate_size)
+        heads = self.patch_dim * (self.hidden_size + dd) + self.hidden_size * (dd + self.num_labels)
+        return enc + dec + heads
 
     # ---- dict / JSON ------------------------------------------------------------------------------------
     @classmethod
@@ -217,6 +258,8 @@ class VideoMAEConfig:
             raise ConfigError(f"{path}: expected a JSON object")
         try:
             return cls.from_dict(data)
+        except FieldError as e:
+            raise e.at(path) from None
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
@@ -253,12 +296,37 @@ def _labels_as_transformers_reads_them(data: dict[str, Any]) -> dict | None:
     `save_pretrained` leaves out of the file. Otherwise None: no labels (a pre-training or feature model)."""
     id2label, num_labels = data.get("id2label"), data.get("num_labels")
     if num_labels is not None and (id2label is None or len(id2label) != num_labels):
-        if not isinstance(num_labels, int) or num_labels < 0:
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 0:
             raise ConfigError(f"invalid VideoMAE config: num_labels must be a count, got {num_labels!r}")
+        if num_labels > MAX_LABELS:
+            problem = f"num_labels {num_labels} is outside vmae's limits 0..{MAX_LABELS}"
+            raise _invalid("num_labels", num_labels, f"0..{MAX_LABELS}", problem)
         return {i: f"LABEL_{i}" for i in range(num_labels)}
     if id2label is None and "VideoMAEForVideoClassification" in (data.get("architectures") or ()):
         return {0: "LABEL_0", 1: "LABEL_1"}
     return id2label
+
+
+def warn_about_label_gaps(config: VideoMAEConfig, path: Path) -> None:
+    """transformers loads an id2label whose keys are not 0..n-1 as it stands (n outputs, numbered 0..n-1), so
+    vmae does too; but an output without a name would show as LABEL_i, and a name past n-1 is never shown."""
+    n = config.num_labels
+    unnamed = sorted(set(range(n)) - set(config.id2label or {}))
+    if unnamed:
+        beyond = sorted(set(config.id2label) - set(range(n)))
+        log.warning(
+            "%s: id2label names no label for output(s) %s of the model's %d (numbered 0..%d), shown as %s%s",
+            path, _few(unnamed), n, n - 1, _few([f"LABEL_{i}" for i in unnamed]),
+            f"; its label(s) for {_few(beyond)} belong to no output" if beyond else "",
+        )  # fmt: skip
+
+
+def _few(items: list, n: int = 5) -> str:
+    return ", ".join(map(str, items[:n])) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _invalid(field: str, value: Any, allowed: str, problem: str) -> FieldError:
+    return FieldError(f"invalid VideoMAE config: {problem}", field=field, value=value, allowed=allowed)
 
 
 def _whole_or_pair(value: Any, pair: bool) -> bool:

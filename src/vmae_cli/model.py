@@ -550,6 +550,8 @@ def pretraining_targets(
 class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
     """Masked autoencoder: encode the visible tokens, decode all, predict the pixels of the masked ones."""
 
+    has_decoder = True
+
     def __init__(self, config: VideoMAEConfig, drop_path_rate: float = 0.0):
         super().__init__()
         self.config = config

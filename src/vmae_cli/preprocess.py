@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CheckpointError, ConfigError
+from .config import LIMITS
+from .errors import CheckpointError, FieldError
 
 CONFIG_NAME = "preprocessor_config.json"
 _RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}  # PIL enum -> F.interpolate mode
@@ -28,17 +29,44 @@ _KNOWN = {
 _DROPPED = {"feature_extractor_type", "image_processor_type", "processor_class"}  # rewritten by to_dict
 
 
-def _size_dict(value, *, square: bool) -> dict:
-    """HF size forms -> dict: an int is a shortest edge for `size`, a square for `crop_size`."""
-    if isinstance(value, int):
-        return {"height": value, "width": value} if square else {"shortest_edge": value}
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return {"height": int(value[0]), "width": int(value[1])}
-    if isinstance(value, dict) and ({"shortest_edge"} <= set(value) or {"height", "width"} <= set(value)):
-        return {k: int(v) for k, v in value.items()}
-    raise ConfigError(
-        f"unsupported size {value!r}; use {{'shortest_edge': N}} or {{'height': H, 'width': W}}"
-    )
+def _size_dict(name: str, value, *, square: bool) -> dict:
+    """HF size forms -> dict: an int is a shortest edge for `size`, a square for `crop_size`. Every side is
+    a whole number within the image sizes vmae builds (a resize to 0, or to 100000 pixels, is refused)."""
+    if _whole(value):
+        d = {"height": value, "width": value} if square else {"shortest_edge": value}
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        d = {"height": value[0], "width": value[1]}
+    elif isinstance(value, dict) and ({"shortest_edge"} <= set(value) or {"height", "width"} <= set(value)):
+        d = dict(value)
+    else:
+        raise FieldError(
+            f"{name} {value!r} is not a size; use {{'shortest_edge': N}} or {{'height': H, 'width': W}}",
+            field=name, value=value, allowed="{'shortest_edge': N} or {'height': H, 'width': W}",
+        )  # fmt: skip
+    low, high = LIMITS["image_size"]
+    for key, side in d.items():
+        if side is not None and not (_whole(side) and low <= side <= high):
+            raise FieldError(f"{name} {key} {side!r} is not a whole number of pixels in {low}..{high}",
+                             field=name, value=value, allowed=f"{low}..{high}")  # fmt: skip
+    return d
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _channel_values(name: str, value) -> list[float]:
+    """A number or a list of 3 (one per RGB channel); a list of 1 is broadcast, as a number is and as
+    transformers' default (torchvision) backend does."""
+    values = [value] if isinstance(value, (int, float)) else value
+    if (
+        not isinstance(values, (list, tuple))
+        or len(values) not in (1, 3)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ):
+        raise FieldError(f"{name} {value!r} is not a number or a list of 3 numbers (one per RGB channel)",
+                         field=name, value=value, allowed="a number, or a list of 3 numbers")  # fmt: skip
+    return [float(v) for v in values] * (3 if len(values) == 1 else 1)
 
 
 @dataclass
@@ -58,15 +86,34 @@ class Preprocessor:
     extra: dict = field(default_factory=dict)  # other keys of the file (e.g. frame_sampling), kept on save
 
     def __post_init__(self) -> None:
-        self.size = _size_dict(self.size, square=False)
-        self.crop_size = _size_dict(self.crop_size, square=True)
+        self.size = _size_dict("size", self.size, square=False)
+        self.crop_size = _size_dict("crop_size", self.crop_size, square=True)
         if self.resample not in _RESAMPLE:
-            raise ConfigError(
-                f"unsupported resample {self.resample}; use 0 (nearest), 2 (bilinear) or 3 (bicubic)"
-            )
+            raise FieldError(
+                f"unsupported resample {self.resample}; use 0 (nearest), 2 (bilinear) or 3 (bicubic)",
+                field="resample", value=self.resample, allowed="0, 2 or 3",
+            )  # fmt: skip
         for name in ("image_mean", "image_std"):
-            v = getattr(self, name)
-            setattr(self, name, [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v])
+            setattr(self, name, _channel_values(name, getattr(self, name)))
+        if isinstance(self.rescale_factor, bool) or not isinstance(self.rescale_factor, (int, float)):
+            raise FieldError(f"rescale_factor {self.rescale_factor!r} is not a number",
+                             field="rescale_factor", value=self.rescale_factor, allowed="a number")  # fmt: skip
+
+    def check_fits(self, config) -> None:
+        """Refuse a crop (or a fixed resize without a crop) that makes frames of another size than the
+        model's image_size: the message names the field and what fits, not the model's input shape."""
+        h, w = config.image_hw
+        name, (ch, cw) = "crop_size", self.crop
+        if not self.do_center_crop:
+            if "height" not in self.size:
+                return  # a shortest-edge resize alone: the size depends on the video, checked per input
+            name, (ch, cw) = "size", (self.size["height"], self.size["width"])
+        if (ch, cw) != (h, w):
+            raise FieldError(
+                f"{name} {ch}x{cw} does not fit the model, which takes frames of {h}x{w} (image_size in "
+                f"config.json); set {name} to {{'height': {h}, 'width': {w}}}",
+                field=name, value={"height": ch, "width": cw}, allowed={"height": h, "width": w},
+            )  # fmt: skip
 
     # -- config file -----------------------------------------------------------------------------
     @classmethod
@@ -96,11 +143,7 @@ class Preprocessor:
                 raise CheckpointError(
                     f"{ref}: cannot get {CONFIG_NAME} ({type(e).__name__}); pass a local folder or a valid Hub id"
                 ) from e
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a valid JSON file ({e}); re-download or fix it") from e
-        return cls.from_dict(d)
+        return cls.from_dict(read_config(path))
 
     def to_dict(self) -> dict:
         """The transformers 5.x form."""
@@ -215,6 +258,28 @@ class Preprocessor:
     def __call__(self, frames) -> torch.Tensor:
         """uint8 (T, H, W, 3) numpy or torch -> float32 (T, 3, ch, cw), center crop."""
         return self.multi_crop(frames, crops=1)[0]
+
+
+def read_config(path: str | os.PathLike, model_config=None) -> dict:
+    """A preprocessor_config.json as a dict, valid for `Preprocessor.from_dict` and, with `model_config`,
+    fitting that model's image size. Errors name the file (and the field)."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise CheckpointError(f"{path}: not a valid JSON file ({e}); re-download or fix it") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(
+            f"{path}: expected a JSON object, got {type(d).__name__}; re-download or fix it"
+        )
+    try:
+        proc = Preprocessor.from_dict(d)
+        if model_config is not None:
+            proc.check_fits(model_config)
+    except FieldError as e:
+        raise e.at(path) from None
+    except (TypeError, ValueError) as e:  # e.g. an unknown value type that the dataclass cannot take
+        raise CheckpointError(f"{path}: {e}; re-download or fix it") from None
+    return d
 
 
 def _as_tensor(frames) -> torch.Tensor:

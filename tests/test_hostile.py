@@ -1,0 +1,211 @@
+"""Hostile inputs, tried as an attacker would (issue #13): absurd sizes in a model's files, files that are
+not what their names say, list files from other tools, damaged videos, folders that cannot be read.
+
+Each attack is a row: how to build it, the command, the exit code and a fragment of what the person
+reads. Every row runs through the real CLI and must end without a traceback or an "internal error"; a
+failure is one line on stderr that names the file and the field. A new feature adds its rows here, so it
+is tried against the whole family.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vmae_cli.config import VideoMAEConfig
+
+from .conftest import REPO, vmae_in_process
+from .models import tiny_classifier
+from .videos import write_video
+
+K400 = json.loads((REPO / "src" / "vmae_cli" / "labels" / "k400.json").read_text())
+BOM = "\ufeff"
+
+
+@dataclass
+class Attack:
+    name: str
+    build: Callable[[Path, Path, Path], list]  # (tmp folder, model folder, video) -> CLI arguments
+    code: int
+    says: str  # a fragment of stderr (or, for a run that succeeds, of stdout)
+    never: str = "internal error"  # a fragment that must not appear
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny classifier with the real Kinetics-400 labels, and a short video."""
+    root = tmp_path_factory.mktemp("hostile")
+    model = tiny_classifier(root / "model", labels=[K400[str(i)] for i in range(400)])
+    return model, write_video(root / "clip.mp4", 24)
+
+
+# ---- how attacks are built --------------------------------------------------------------------------------
+def _copy(tmp: Path, model: Path) -> Path:
+    folder = tmp / "model"
+    shutil.copytree(model, folder)
+    return folder
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def config(**changes) -> Callable:
+    """`vmae classify` with a model whose config.json says `changes`."""
+
+    def build(tmp, model, video):
+        folder = _copy(tmp, model)
+        _edit_json(folder / "config.json", **changes)
+        return ["classify", video, "--model", folder, "--json"]
+
+    return build
+
+
+def preprocessor(text: str | None = None, **changes) -> Callable:
+    """`vmae classify` with a model whose preprocessor_config.json is `text`, or says `changes`."""
+
+    def build(tmp, model, video):
+        folder = _copy(tmp, model)
+        if text is not None:
+            (folder / "preprocessor_config.json").write_text(text)
+        if changes:
+            _edit_json(folder / "preprocessor_config.json", **changes)
+        return ["classify", video, "--model", folder, "--json"]
+
+    return build
+
+
+def int32_tensor(tmp, model, video):
+    folder = _copy(tmp, model)
+    state = load_file(folder / "model.safetensors")
+    key = "videomae.encoder.layer.0.intermediate.dense.weight"
+    state[key] = (state[key] * 1000).to(torch.int32)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return ["classify", video, "--model", folder, "--json"]
+
+
+def label_gap(count: int) -> Callable:
+    """K400's id2label without label 7; `count` 400 keeps the count with an extra label 400."""
+
+    def build(tmp, model, video):
+        labels = {k: v for k, v in K400.items() if k != "7"}
+        if count == 400:
+            labels["400"] = "one more"
+        return config(id2label=labels, label2id={v: int(k) for k, v in labels.items()})(tmp, model, video)
+
+    return build
+
+
+def scratch_config(**changes) -> Callable:
+    """`vmae pretrain --model-config FILE` (a model from scratch: no weights to compare with)."""
+
+    def build(tmp, model, video):
+        cfg = VideoMAEConfig.from_preset("tiny").to_dict()
+        cfg.update(changes)
+        (tmp / "cfg").mkdir()
+        (tmp / "cfg" / "config.json").write_text(json.dumps(cfg))
+        return ["pretrain", video, "--out", tmp / "run", "--model-config", tmp / "cfg" / "config.json",
+                "--config", "tiny", "--workers", "0", "--device", "cpu"]  # fmt: skip
+
+    return build
+
+
+ATTACKS = [
+    # ---- absurd sizes in config.json (#13 items 7, 8): refused before anything is built, naming the field
+    Attack("layers-1e6", config(num_hidden_layers=1_000_000), 2,
+           "config.json: invalid VideoMAE config: num_hidden_layers 1000000 is outside vmae's limits 1..256"),
+    Attack("hidden-1e9", config(hidden_size=10**9), 2, "hidden_size 1000000000 is outside vmae's limits"),
+    Attack("hidden-negative", config(hidden_size=-64), 2, "hidden_size -64 is outside vmae's limits 1..16384"),
+    Attack("image-65536", config(image_size=65536), 2, "image_size 65536 is outside vmae's limits 1..4096"),
+    Attack("frames-1e9", config(num_frames=10**9), 2, "num_frames 1000000000 is outside vmae's limits 1..1024"),
+    Attack("patch-0", config(patch_size=0), 2, "patch_size 0 is outside vmae's limits"),
+    Attack("tubelet-0", config(tubelet_size=0), 2, "tubelet_size 0 is outside vmae's limits"),
+    Attack("heads-0", config(num_attention_heads=0), 2, "num_attention_heads 0 is outside vmae's limits"),
+    Attack("frames-not-tubelets", config(num_frames=5), 2, "num_frames 5 is not a multiple of tubelet_size 2"),
+    Attack("image-not-patches", config(image_size=36), 2, "image_size 36x36 is not a multiple of patch_size 8x8"),
+    Attack("heads-not-dividing", config(num_attention_heads=3), 2,
+           "hidden_size 64 is not divisible by num_attention_heads 3"),
+    Attack("labels-1e9", config(num_labels=10**9), 2, "num_labels 1000000000 is outside vmae's limits"),
+    Attack("tokens", config(image_size=4096, patch_size=4), 2, "2x1024x1024 = 2097152 tokens per clip, over the limit"),
+    Attack("parameters", config(num_hidden_layers=256, hidden_size=16384, intermediate_size=65536), 2,
+           "parameters, over the limit of 4e+09"),
+    # ---- config.json against the weights' header (#13 item 7)
+    Attack("layers-vs-weights", config(num_hidden_layers=3), 2,
+           "config.json: num_hidden_layers is 3, but model.safetensors holds 2"),
+    Attack("mlp-vs-weights", config(intermediate_size=100), 2,
+           "config.json: intermediate_size is 100, but model.safetensors holds 128"),
+    Attack("patch-vs-weights", config(patch_size=16), 2, "config.json: patch_size is (16, 16), but model.safetensors holds (8, 8)"),
+    Attack("labels-vs-weights", label_gap(399), 2, "config.json: id2label is 399 labels, but model.safetensors holds 400"),
+    Attack("int32-tensor", int32_tensor, 2,
+           "model.safetensors: tensor videomae.encoder.layer.0.intermediate.dense.weight is I32, but VideoMAE weights are floating point"),
+    # ---- a model from scratch (--model-config): the same bounds
+    Attack("scratch-negative-width", scratch_config(hidden_size=-64), 2,
+           "config.json: invalid VideoMAE config: hidden_size -64 is outside vmae's limits"),
+    # ---- preprocessor_config.json (#13 items 8, 11)
+    Attack("preprocessor-not-json", preprocessor("{not json"), 2,
+           "preprocessor_config.json: not a valid JSON file (Expecting property name"),
+    Attack("preprocessor-a-list", preprocessor("[1, 2]"), 2, "preprocessor_config.json: expected a JSON object"),
+    Attack("crop-0", preprocessor(crop_size={"height": 0, "width": 0}), 2,
+           "preprocessor_config.json: crop_size height 0 is not a whole number of pixels in 1..4096"),
+    Attack("crop-512", preprocessor(crop_size={"height": 512, "width": 512}), 2,
+           "preprocessor_config.json: crop_size 512x512 does not fit the model, which takes frames of 32x32"),
+    Attack("resize-100000", preprocessor(size={"shortest_edge": 100000}), 2,
+           "preprocessor_config.json: size shortest_edge 100000 is not a whole number of pixels in 1..4096"),
+    Attack("mean-of-2", preprocessor(image_mean=[0.5, 0.5]), 2,
+           "preprocessor_config.json: image_mean [0.5, 0.5] is not a number or a list of 3 numbers"),
+    # ---- id2label with a gap (#13 item 11): transformers loads it, so vmae does, and says what is missing
+    Attack("label-gap", label_gap(400), 0,
+           "id2label names no label for output(s) 7 of the model's 400 (numbered 0..399), shown as LABEL_7; "
+           "its label(s) for 400 belong to no output"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("attack", ATTACKS, ids=[a.name for a in ATTACKS])
+def test_attack(capsys, tmp_path, base, attack):
+    model, video = base
+    code, out, err = vmae_in_process(capsys, *attack.build(tmp_path, model, video))
+    assert code == attack.code, err
+    assert attack.says in (err if code else out + err), err
+    assert attack.never not in err and "Traceback" not in err, err
+    if code:
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_refusals_name_file_field_value_and_what_fits(tmp_path, base):
+    """The typed error behind the messages: a program can read the fields."""
+    from vmae_cli.errors import FieldError
+    from vmae_cli.model import VideoMAEForVideoClassification
+
+    model, video = base
+    config(num_hidden_layers=1_000_000)(tmp_path, model, video)
+    with pytest.raises(FieldError) as e:
+        VideoMAEForVideoClassification.from_pretrained(tmp_path / "model")
+    assert (e.value.path, e.value.field, e.value.value, e.value.allowed) == (
+        tmp_path / "model" / "config.json",
+        "num_hidden_layers",
+        1_000_000,
+        "1..256",
+    )
+
+
+def test_a_mean_of_one_value_is_broadcast_like_a_number(capsys, tmp_path, base):
+    """transformers' default (torchvision) backend broadcasts a 1-long image_mean/std; a number does the same."""
+    model, video = base
+    scores = []
+    for value in ([0.45], 0.45, [0.45, 0.45, 0.45]):
+        folder = tmp_path / str(len(scores))
+        shutil.copytree(model, folder)
+        _edit_json(folder / "preprocessor_config.json", image_mean=value, image_std=value)
+        code, out, err = vmae_in_process(capsys, "classify", video, "--model", folder, "--json", "-k", "400")
+        assert code == 0, err
+        scores.append(json.loads(out)[0]["predictions"])
+    assert scores[0] == scores[1] == scores[2]
