@@ -30,9 +30,9 @@ done
 # Pre-training: tube masking 0.75 (the paper's choice for small data sets); plain-pixel targets (the
 # preset's norm_pix_loss = false), as the synthetic backgrounds are smooth and per-patch normalisation would
 # turn them into noise. Flips are harmless here (no labels); fine-tuning turns them off, as they swap classes.
-# blr 0.012 x 64 clips (32 videos x 2 samples) / 256 = peak lr 3e-3, cosine down to 1e-3 x 64 / 256.
-"$VMAE" pretrain "$DATA/unlabelled" --out "$WORK/pretrain" --config tiny --model-config mini \
-  --batch-size 32 --max-steps 2000 --set optim.blr=0.012 --mask-ratio 0.75 \
+# The small-data recipe (configs/pretrain/small-data.toml, the mini preset): 32 videos x 2 samples per step,
+# blr 6e-3 x sqrt(64 clips / 256) = peak lr 3e-3, cosine down to 2.5e-4; 2000 steps (27 epochs of 2400 clips).
+"$VMAE" pretrain "$DATA/unlabelled" --out "$WORK/pretrain" --config small-data --max-steps 2000 \
   --set run.preview_every=500 --set run.log_every=50 --set run.save_every=250 --seed 0 --resume --quiet
 
 finetune() {  # NAME INIT TRAIN

@@ -189,8 +189,8 @@ def test_torchrun_two_processes_on_cpu(videos, tmp_path):
     metrics = _metrics(run)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # rank 0 only writes
     config = (run / "config.toml").read_text()
-    # the lr follows the global batch: 2 videos x 2 samples x 2 processes = 8 clips, x blr 0.1 / 256
-    assert "global batch 8 clips" in config and "2 process(es)" in config and "peak lr 0.003125" in config
+    # the lr follows the global batch: 2 videos x 2 samples x 2 processes = 8 clips: blr 0.018 x sqrt(8 / 256)
+    assert "global batch 8 clips" in config and "2 process(es)" in config and "peak lr 0.003182" in config
     assert (run / "model" / "model.safetensors").is_file()
 
 
@@ -219,6 +219,25 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys, make_args, message):
     assert message in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
 
 
+def test_no_flip_turns_flips_off(videos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "pretrain",
+                str(videos),
+                *TINY,
+                "--max-steps",
+                "1",
+                "--no-flip",
+                "--quiet",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert "flip = false" in (tmp_path / "r" / "config.toml").read_text()
+
+
 def test_an_existing_run_needs_resume(videos, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.jsonl").write_text("")
@@ -234,13 +253,29 @@ def test_schedule_warms_up_then_follows_a_cosine():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
 
 
+def test_lr_rule_is_linear_from_256_clips_up_and_square_root_below():
+    from vmae_cli.training import scaled_lr
+
+    # the paper's batches keep the paper's lr: ViT-B pre-training 2048 clips, fine-tuning 512
+    assert scaled_lr(1.5e-4, 2048) == pytest.approx(1.2e-3) and scaled_lr(5e-4, 512) == pytest.approx(1e-3)
+    assert scaled_lr(5e-4, 256) == pytest.approx(5e-4)
+    # one CPU's 16 clips: 1/4 of the base where the linear rule gave 1/16 (the base recipe's 3.1e-5)
+    assert scaled_lr(5e-4, 16) == pytest.approx(1.25e-4) and scaled_lr(1.0, 4) == pytest.approx(0.125)
+    lrs = [scaled_lr(1.0, b) for b in range(1, 4097)]
+    assert all(a < b for a, b in zip(lrs, lrs[1:], strict=False))  # grows with the batch, no jump at 256
+
+
 def test_lr_plan_scales_with_the_batch_and_an_absolute_lr_keeps_the_floor_below_it():
     from vmae_cli.training import plan_steps
 
     optim = OptimRecipe(batch_size=16, epochs=10, warmup_epochs=1.0, blr=0.3, min_lr=0.05, warmup_lr=0.0)
     plan = plan_steps(optim, 160, 10, clips_per_video=1, world=2)  # global batch 32
-    assert plan.peak == pytest.approx(0.3 * 32 / 256)
-    assert plan.schedule.min_lr == pytest.approx(0.05 * 32 / 256) and plan.schedule.warmup_steps == 10
+    assert plan.peak == pytest.approx(0.3 * (32 / 256) ** 0.5)
+    assert plan.schedule.min_lr == pytest.approx(0.05 * (32 / 256) ** 0.5)
+    assert plan.schedule.warmup_steps == 10
+    optim.batch_size = 256  # global batch 512: the linear rule
+    assert plan_steps(optim, 5120, 10, clips_per_video=1, world=2).peak == pytest.approx(0.6)
+    optim.batch_size = 16
     optim.lr = 2e-3  # below what min_lr alone would scale to: the cosine must still only go down
     plan = plan_steps(optim, 160, 10, clips_per_video=1, world=2)
     assert plan.schedule.min_lr == pytest.approx(2e-3 / 6)

@@ -9,6 +9,7 @@ to RUN/model with `id2label` and the `frame_sampling` that makes `vmae classify`
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +69,37 @@ def resolve_recipe(
     from .recipe import resolve_run_recipe
 
     return resolve_run_recipe(FinetuneRecipe, "finetune", out, config, sets, flags, resume)
+
+
+# ---- flips and labels ---------------------------------------------------------------------------------------
+# Words that a horizontal flip turns into their mirror image: a clip of a class named with one of them, flipped,
+# shows the other side or sense of rotation under the same label (SSv2's "Pushing something from left to right").
+MIRRORED_WORDS = frozenset({"left", "right", "leftward", "leftwards", "rightward", "rightwards", "clockwise",
+                            "counterclockwise", "anticlockwise"})  # fmt: skip
+
+
+def mirrored_labels(names) -> list[str]:
+    """The class names that read as a side or a sense of rotation, which horizontal flips would swap.
+
+    Words are split at anything but letters and at lower-to-upper case changes ("MovingLeft", "to_the_left",
+    "counter-clockwise"). Up and down are not among them: a horizontal flip keeps them.
+    """
+
+    def words(name: str) -> set[str]:
+        return set(re.split(r"[^a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower()))
+
+    return [name for name in names if MIRRORED_WORDS & words(name)]
+
+
+def warn_if_flips_swap_labels(flip: bool, names) -> None:
+    """One warning line when flips are on and class names read as directions a flip swaps."""
+    mirrored = mirrored_labels(names) if flip else []
+    if mirrored:
+        shown = ", ".join(repr(n) for n in mirrored[:3]) + (
+            f" and {len(mirrored) - 3} more" if len(mirrored) > 3 else ""
+        )
+        log.warning("horizontal flips are on and the class names %s read as directions a flip swaps; add --no-flip "
+                    "(data.flip = false) unless a mirrored clip keeps its label", shown)  # fmt: skip
 
 
 # ---- the model --------------------------------------------------------------------------------------------
@@ -273,6 +305,8 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         model = build_classifier(r.model, train_set.id2label, r.drop_path, r.head_dropout)
         config = model.config
         spec = ClipSpec.for_model(r.data, config, 0.0, "fine-tuning")
+        if dist.is_main:
+            warn_if_flips_swap_labels(spec.flip, train_set.id2label.values())
         sampler = EpochSampler(len(train_set), o.batch_size, r.run.seed, dist.rank, dist.world)
         plan = plan_steps(o, len(train_set), sampler.batches_per_epoch, spec.num_sample, dist.world)
 

@@ -35,7 +35,8 @@ class RecipeError(UsageError):
 # ---- shared sections (pretrain and finetune) ------------------------------------------------------------
 @dataclass
 class OptimRecipe:
-    """Optimizer and schedule. Learning rates are per 256 clips: lr = blr x global batch / 256."""
+    """Optimizer and schedule. Learning rates are per 256 clips: the global batch's lr is blr x batch / 256 from
+    256 clips up, blr x sqrt(batch / 256) below (training.scaled_lr)."""
 
     batch_size: int = 32  # videos per device per micro-step (each gives data.num_sample clips)
     accum: int = 1  # micro-steps per optimizer step
@@ -44,7 +45,7 @@ class OptimRecipe:
     warmup_epochs: float = 40.0
     warmup_steps: int = -1  # >= 0 overrides warmup_epochs
     blr: float = 1.5e-4  # base lr per 256 clips
-    lr: float = 0.0  # > 0: the absolute peak lr, instead of blr x global batch / 256
+    lr: float = 0.0  # > 0: the absolute peak lr, instead of blr scaled to the global batch
     min_lr: float = 1e-5  # per 256 clips, like blr (with an absolute lr: min_lr / blr of it)
     warmup_lr: float = 1e-6  # per 256 clips, like blr (with an absolute lr: warmup_lr / blr of it)
     weight_decay: float = 0.05
@@ -259,15 +260,44 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+# The recipe that fits a model, when none is named: the first row whose size the encoder does not exceed
+# (about 12 x depth x width^2 parameters), and whose recipe exists for the command. By size, not by name, so a
+# preset and a model folder of the same architecture train alike: tiny (2 layers x 64, 0.1 M) takes the smoke
+# test recipe, mini-sized models (0.4 M) the small-data one, ViT-S (21 M) its pre-training recipe, and ViT-B
+# (85 M) and up, or a ViT-S fine-tune, the paper's base recipe.
+SIZE_RECIPES = ((2e5, "tiny"), (5e6, "small-data"), (4e7, "small"), (math.inf, "base"))
+
+
+def encoder_size(config) -> int:
+    """Roughly the encoder's weights: 12 x width^2 per transformer block (attention 4, MLP 8)."""
+    return 12 * config.num_hidden_layers * config.hidden_size**2
+
+
+def recipe_for_model(model: str, kind: str) -> str:
+    """The name of the recipe in configs/<kind>/ that fits `model` (a preset, a folder, a config.json or a Hub
+    id) by its size: see SIZE_RECIPES. A model whose config cannot be read here gets "base", and the run's own
+    loading of it then says what is wrong."""
+    from .config import VideoMAEConfig
+    from .errors import VmaeError
+
+    try:
+        size = encoder_size(VideoMAEConfig.from_pretrained(model))
+    except (VmaeError, OSError):
+        return "base"
+    for limit, name in SIZE_RECIPES:
+        if size <= limit and (RECIPES_DIR / kind / f"{name}.toml").is_file():
+            return name
+    return "base"
+
+
 def resolve_run_recipe(
     cls, kind: str, out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
 ):
     """The recipe of a training run: defaults < recipe file (or RUN/config.toml when resuming) < --set < flags.
 
-    kind: "pretrain" or "finetune" (the folder of configs/ to look in). Without --config, a preset name given as
-    the model picks the recipe of the same name when there is one, else "base".
+    kind: "pretrain" or "finetune" (the folder of configs/ to look in). Without --config, the recipe that fits the
+    model's size (`recipe_for_model`); without a model either, "base".
     """
-    from .config import preset_names
     from .errors import UsageError
     from .training import RunFolder
 
@@ -283,9 +313,8 @@ def resolve_run_recipe(
     else:
         name = config
         if name is None:
-            model = flags.get("model")
-            has_own = model in preset_names() and (RECIPES_DIR / kind / f"{model}.toml").is_file()
-            name = model if has_own else "base"
+            model = flags.get("model") or flags.get("init")
+            name = recipe_for_model(model, kind) if model else "base"
         path = recipe_path(name, kind)
     before = load_recipe(cls, path) if path == run.config else None  # what the run's checkpoints hold
     saved = {k: getattr(before, k, None) for k in ("model", "init")} if before is not None else {}

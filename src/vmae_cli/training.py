@@ -73,8 +73,12 @@ def cosine_lr(step: int, peak_lr: float, total_steps: int, warmup_steps: int = 0
 
 
 def scaled_lr(base_per_256: float, global_batch: int) -> float:
-    """The linear scaling rule of VideoMAE/MAE: lr = base x global batch / 256."""
-    return base_per_256 * global_batch / 256
+    """The lr of a global batch from its value per 256 clips: linear from 256 clips up (the rule of VideoMAE/MAE,
+    so the paper's batches of 512-2048 get the paper's lr), square root below (AdamW's scaling rule, Malladi et
+    al. 2022), so that the small batches of one CPU or GPU keep a workable lr: at 16 clips, base / 4 where the
+    linear rule gives base / 16. The two meet at 256 clips."""
+    ratio = global_batch / 256
+    return base_per_256 * (ratio if ratio >= 1 else math.sqrt(ratio))
 
 
 # ---- optimizer ---------------------------------------------------------------------------------------------

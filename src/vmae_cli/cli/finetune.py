@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from .options import KeepOpt, QuietOpt, SaveEveryOpt, TrainDeviceOpt, TrainDtypeOpt, TrainWorkersOpt
+from .options import (
+    KeepOpt,
+    NoFlipOpt,
+    QuietOpt,
+    SaveEveryOpt,
+    TrainDeviceOpt,
+    TrainDtypeOpt,
+    TrainWorkersOpt,
+)
 
 
 def finetune(
@@ -65,7 +73,7 @@ def finetune(
         typer.Option(
             "--config",
             "-c",
-            help="Recipe: tiny, base, or a .toml file (default: the recipe named like --model, else base).",
+            help="Recipe: tiny, small-data, base, or a .toml file (default: the one that fits the model's size).",
             show_default=False,
         ),
     ] = None,  # fmt: skip
@@ -96,7 +104,7 @@ def finetune(
         typer.Option(
             "--lr",
             min=0.0,
-            help="Absolute peak learning rate (default: optim.blr x global batch / 256).",
+            help="Absolute peak learning rate (default: optim.blr scaled to the global batch).",
             show_default=False,
         ),
     ] = None,  # fmt: skip
@@ -110,6 +118,7 @@ def finetune(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue RUN from its latest checkpoint (exactly), or start it.")
     ] = False,
+    no_flip: NoFlipOpt = False,
     device: TrainDeviceOpt = None,
     dtype: TrainDtypeOpt = None,
     workers: TrainWorkersOpt = None,
@@ -127,8 +136,9 @@ def finetune(
 
     flags = {
         "model": model, "optim.batch_size": batch_size, "optim.epochs": epochs, "optim.max_steps": max_steps,
-        "optim.lr": lr, "optim.accum": accum, "run.seed": seed, "run.device": device, "run.dtype": dtype,
-        "run.workers": workers, "run.save_every": save_every, "run.keep": keep,
+        "optim.lr": lr, "optim.accum": accum, "run.seed": seed, "data.flip": False if no_flip else None,
+        "run.device": device, "run.dtype": dtype, "run.workers": workers, "run.save_every": save_every,
+        "run.keep": keep,
     }  # fmt: skip
     recipe = resolve_recipe(
         out, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None}, resume

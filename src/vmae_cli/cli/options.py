@@ -116,3 +116,8 @@ SaveEveryOpt = Annotated[
     int | None, typer.Option("--save-every", min=1, help="Steps between checkpoints.", show_default=False)
 ]
 KeepOpt = Annotated[int | None, typer.Option("--keep", min=1, help="Checkpoints kept.", show_default=False)]
+NoFlipOpt = Annotated[
+    bool,
+    typer.Option("--no-flip", help="No horizontal flips (data.flip = false): for classes a mirror swaps, such as "
+                 "left/right or clockwise."),
+]  # fmt: skip

@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from .options import KeepOpt, QuietOpt, SaveEveryOpt, TrainDeviceOpt, TrainDtypeOpt, TrainWorkersOpt
+from .options import (
+    KeepOpt,
+    NoFlipOpt,
+    QuietOpt,
+    SaveEveryOpt,
+    TrainDeviceOpt,
+    TrainDtypeOpt,
+    TrainWorkersOpt,
+)
 
 
 def pretrain(
@@ -39,8 +47,8 @@ def pretrain(
         typer.Option(
             "--config",
             "-c",
-            help="Recipe: tiny, small, base, or a .toml file "
-            "(default: the recipe named like --model-config, else base).",
+            help="Recipe: tiny, small-data, small, base, or a .toml file "
+            "(default: the one that fits the model's size, else base).",
             show_default=False,
         ),
     ] = None,
@@ -92,7 +100,7 @@ def pretrain(
         typer.Option(
             "--lr",
             min=0.0,
-            help="Absolute peak learning rate (default: optim.blr x global batch / 256).",
+            help="Absolute peak learning rate (default: optim.blr scaled to the global batch).",
             show_default=False,
         ),
     ] = None,
@@ -119,6 +127,7 @@ def pretrain(
             "--resume", help="Continue RUN from its latest checkpoint (exactly), or start it if it has none."
         ),
     ] = False,
+    no_flip: NoFlipOpt = False,
     device: TrainDeviceOpt = None,
     dtype: TrainDtypeOpt = None,
     workers: TrainWorkersOpt = None,
@@ -135,8 +144,8 @@ def pretrain(
     flags = {
         "model": model_config, "init": init, "optim.batch_size": batch_size, "optim.epochs": epochs,
         "optim.max_steps": max_steps, "optim.lr": lr, "mask.ratio": mask_ratio, "optim.accum": accum,
-        "run.seed": seed, "run.device": device, "run.dtype": dtype, "run.workers": workers,
-        "run.save_every": save_every, "run.keep": keep,
+        "run.seed": seed, "data.flip": False if no_flip else None, "run.device": device, "run.dtype": dtype,
+        "run.workers": workers, "run.save_every": save_every, "run.keep": keep,
     }  # fmt: skip
     recipe = resolve_recipe(
         out, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None}, resume
