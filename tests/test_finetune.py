@@ -98,6 +98,13 @@ def test_reaches_full_train_accuracy_and_writes_the_best_model(trained):
     assert "layer_decay = 0.75" in (trained / "config.toml").read_text()
 
 
+def test_checkpoints_carry_the_models_preprocessor_config(trained):
+    """RUN/checkpoints/step-N/ samples as RUN/model does (the trained stride 2), not at the default stride 4."""
+    expected = (trained / "model" / "preprocessor_config.json").read_text()
+    checkpoints = list((trained / "checkpoints").iterdir())
+    assert checkpoints and all((p / "preprocessor_config.json").read_text() == expected for p in checkpoints)
+
+
 def test_classify_samples_as_training_did(capsys, trained, data):
     clip = data / "val" / "right" / "0.mp4"
     code, out, _ = vmae(capsys, "classify", clip, "--model", trained / "model", "--json", "--device", "cpu")

@@ -359,3 +359,39 @@ def test_png_writer_makes_a_file_ffmpeg_reads(tmp_path):
     with av.open(str(tmp_path / "x.png")) as c:
         frame = next(c.decode(video=0)).to_ndarray(format="rgb24")
     assert np.array_equal(frame, rgb)
+
+
+@pytest.mark.parametrize("init", [False, True], ids=["from-scratch", "init-without-frame-sampling"])
+def test_checkpoints_sample_as_the_model_does(videos, tmp_path, init):
+    """Every RUN/checkpoints/step-N/ carries RUN/model's preprocessor_config.json (the trained stride 2, not an
+    --init model's, not the stride-4 default), so the last checkpoint embeds exactly as RUN/model does."""
+    from .models import tiny_pretraining
+
+    run = tmp_path / "run"
+    flags = {
+        "optim.max_steps": 4,
+        "run.save_every": 2,
+        "run.workers": 0,
+        "run.device": "cpu",
+        "run.preview_every": 0,
+    }
+    if init:
+        flags["init"] = str(
+            tiny_pretraining(tmp_path / "init")
+        )  # its preprocessor_config has no frame_sampling
+    run_pretraining(resolve_recipe(run, "tiny", [], flags, False), str(videos), run, progress=False)
+    expected = (run / "model" / "preprocessor_config.json").read_text()
+    assert json.loads(expected)["frame_sampling"]["stride"] == 2
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["step-2", "step-4"]
+    assert all((p / "preprocessor_config.json").read_text() == expected for p in checkpoints)
+    vectors = []
+    for model in (run / "model", run / "checkpoints" / "step-4"):
+        out = tmp_path / f"{model.name}.npy"
+        with pytest.raises(SystemExit) as done:
+            main(
+                ["embed", str(videos / "v7.mp4"), "--model", str(model), "--out", str(out), "--dtype", "fp32"]
+            )
+        assert done.value.code == 0
+        vectors.append(np.load(out))
+    np.testing.assert_array_equal(vectors[0], vectors[1])

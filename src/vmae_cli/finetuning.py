@@ -325,6 +325,7 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         settings = LoopSettings(plan.total, plan.steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
                                 r.run.save_every, r.run.keep, 0, progress, "finetune")  # fmt: skip
         preprocessor = run_preprocessor_config(spec)  # frame_sampling: the training window, one central view
+        model.preprocessor_config = preprocessor  # RUN/model's and every checkpoint's
         sampling = SamplingSpec(mode="window", frames=spec.frames, stride=spec.stride)
         loss_fn = ClassificationLoss(config.num_labels, r.augment)
         epoch_end = EpochEnd(model, loss_fn, val_set, preprocessor, sampling, run, dist, r)
@@ -353,7 +354,6 @@ class EpochEnd:
         self.model, self.loss_fn, self.val_set, self.run, self.dist = model, loss_fn, val_set, run, dist
         self.recipe, self.sampling = recipe, sampling
         self.proc = Preprocessor.from_dict(preprocessor)
-        self.preprocessor = {**preprocessor, "frame_sampling": sampling.to_dict()}
         self.trainer = None
 
     def hooks(self):
@@ -362,7 +362,7 @@ class EpochEnd:
         return Hooks(save_model=self.save_model, end_of_epoch=self.end_of_epoch)
 
     def save(self, model, folder: Path) -> None:
-        model.save_pretrained(folder, preprocessor=self.preprocessor)
+        model.save_pretrained(folder)  # with model.preprocessor_config: the run's, frame_sampling included
 
     def check(self, state, shard: bool) -> dict:
         """Validate; a new best top-1 is saved to RUN/model (rank 0) and remembered in the checkpoint."""

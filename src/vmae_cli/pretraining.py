@@ -84,9 +84,9 @@ def run_pretraining(
         run = RunFolder(out)
         settings = LoopSettings(plan.total, plan.steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
                                 r.run.save_every, r.run.keep, r.run.preview_every, progress, "pretrain")  # fmt: skip
-        preprocessor = run_preprocessor_config(spec)
+        model.preprocessor_config = run_preprocessor_config(spec)  # RUN/model's and every checkpoint's
         hooks = Hooks(
-            save_model=lambda m, folder: m.save_pretrained(folder, preprocessor=preprocessor),
+            save_model=lambda m, folder: m.save_pretrained(folder),
             preview=lambda m, batch, step, folder: write_preview(m, batch, folder / f"step-{step}.png"),
         )
         trainer = Trainer(model, mae_loss, optimizer, plan.schedule, loader, sampler, run, settings, dist, precision,
