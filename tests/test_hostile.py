@@ -10,7 +10,9 @@ is tried against the whole family.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,9 @@ from safetensors.torch import load_file, save_file
 
 from vmae_cli.config import VideoMAEConfig
 
-from .conftest import REPO, vmae_in_process
+from .conftest import REPO, run_vmae, vmae_in_process
 from .models import tiny_classifier
-from .videos import write_video
+from .videos import remux_with_garbage, write_video
 
 K400 = json.loads((REPO / "src" / "vmae_cli" / "labels" / "k400.json").read_text())
 BOM = "\ufeff"
@@ -209,3 +211,49 @@ def test_a_mean_of_one_value_is_broadcast_like_a_number(capsys, tmp_path, base):
         assert code == 0, err
         scores.append(json.loads(out)[0]["predictions"])
     assert scores[0] == scores[1] == scores[2]
+
+
+# ---- process-level attacks: a real subprocess -------------------------------------------------------------
+def test_warnings_of_a_damaged_video_are_one_line_each_and_counted(tmp_path, base):
+    """Corrupt packets in every GOP: each timeline window meets one. Python would print each warning with
+    its source line; vmae prints one line per kind of message and counts the repeats."""
+    model, _ = base
+    clean = write_video(tmp_path / "clean.mp4", 300, gop=10)
+    damaged = remux_with_garbage(clean, tmp_path / "damaged.mp4", set(range(1, 300, 10)))
+    result = run_vmae(
+        "classify", str(damaged), "--model", str(model), "--json", "--timeline", "--window", "0.5"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and all(line.startswith("WARNING: ") for line in lines), lines
+    assert not any("Warning:" in line for line in lines)  # no `file.py:424: RuntimeWarning:` source lines
+    assert len(set(lines)) == len(lines), lines  # nothing repeated
+    assert any("skipped a corrupt packet" in line and "more like it)" in line for line in lines), lines
+    assert len(lines) <= 4, lines  # two kinds of message, each once and once counted
+
+
+def _warn_three_times() -> None:
+    for pts in (512, 1024, 1536):
+        warnings.warn(f"clip7.mp4: skipped a corrupt packet at pts {pts}", RuntimeWarning, stacklevel=1)
+
+
+def test_a_worker_process_counts_its_own_repeats_and_says_so_when_it_exits(tmp_path):
+    """Data loaders decode in forked workers: what they hold back is counted there and told at their exit."""
+    import multiprocessing
+
+    from vmae_cli.cli.logs import messages_to
+
+    log = logging.getLogger("vmae_cli.test")
+    with open(tmp_path / "stderr.txt", "w") as stream:
+        with messages_to(stream):
+            log.warning("input 3: 2 frame(s) did not decode")
+            worker = multiprocessing.get_context("fork").Process(target=_warn_three_times)
+            worker.start()
+            worker.join()
+            log.warning("input 3: 5 frame(s) did not decode")
+    assert (tmp_path / "stderr.txt").read_text().splitlines() == [
+        "WARNING: input 3: 2 frame(s) did not decode",
+        "WARNING: clip7.mp4: skipped a corrupt packet at pts 512",
+        "WARNING: clip7.mp4: skipped a corrupt packet at pts 512 (and 2 more like it)",
+        "WARNING: input 3: 2 frame(s) did not decode (and 1 more like it)",
+    ]

@@ -15,6 +15,7 @@ import typer
 from .. import __version__
 from ..errors import VmaeError
 from . import classify, convert, embed, evaluate, export, finetune, info, pretrain, probe
+from .logs import messages_to
 
 app = typer.Typer(
     name="vmae",
@@ -52,23 +53,19 @@ def root(
     logging.getLogger("vmae_cli").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    logger = logging.getLogger("vmae_cli")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Exit codes: 0 done, 1 failed (some or all inputs), 2 usage error, 130 interrupted."""
+    debug = os.environ.get("VMAE_DEBUG", "") not in ("", "0")
+    with messages_to(sys.stderr):  # log records and warnings: one line each, repeats counted
+        code = _run(argv, debug)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _run(argv: list[str] | None, debug: bool) -> int | None:
+    """The command's exit code; expected failures become one line on stderr."""
     # Typer may vendor click; find its exception classes through typer's own BadParameter.
     click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-
-    _setup_logging()
-    debug = os.environ.get("VMAE_DEBUG", "") not in ("", "0")
     try:
         code = app(args=argv, standalone_mode=False)
     except click_error as e:  # bad flags or arguments
@@ -99,4 +96,4 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+    return code
