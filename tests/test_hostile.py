@@ -9,9 +9,13 @@ is tried against the whole family.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +125,38 @@ def scratch_config(**changes) -> Callable:
     return build
 
 
+def pretrain_list(name: str, text: str, video_name: str) -> Callable:
+    """`vmae pretrain` (one step) on a list file `name` holding `text` ({video} is the video's path)."""
+
+    def build(tmp, model, video):
+        clip = tmp / video_name
+        shutil.copy(video, clip)
+        (tmp / name).write_text(text.format(video=clip), encoding="utf-8")
+        return ["pretrain", tmp / name, "--out", tmp / "run", "--model-config", "tiny", "--config", "tiny",
+                "--max-steps", "1", "--batch-size", "1", "--workers", "0", "--device", "cpu", "--dtype", "fp32"]  # fmt: skip
+
+    return build
+
+
+def evaluate_list(name: str, text: str, video_name: str = "clip.mp4", labels: str | None = None) -> Callable:
+    """`vmae evaluate` on a list file `name` holding `text` ({video}: the video's path); `labels`: a label
+    map (--labels) holding that text."""
+
+    def build(tmp, model, video):
+        clip = tmp / video_name
+        shutil.copy(video, clip)
+        (tmp / name).write_text(text.format(video=clip), encoding="utf-8")
+        extra = []
+        if labels is not None:
+            (tmp / "labels.txt").write_text(labels, encoding="utf-8")
+            extra = ["--labels", tmp / "labels.txt"]
+        return ["evaluate", tmp / name, "--model", model, "--json", "--workers", "1", *extra]
+
+    return build
+
+
+K400_MAP = "\n".join(K400[str(i)] for i in range(400)) + "\n"
+
 ATTACKS = [
     # ---- absurd sizes in config.json (#13 items 7, 8): refused before anything is built, naming the field
     Attack("layers-1e6", config(num_hidden_layers=1_000_000), 2,
@@ -168,6 +204,13 @@ ATTACKS = [
     Attack("label-gap", label_gap(400), 0,
            "id2label names no label for output(s) 7 of the model's 400 (numbered 0..399), shown as LABEL_7; "
            "its label(s) for 400 belong to no output"),
+    # ---- list files (#13 item 10): a byte-order mark, a comma in a plain list's path
+    Attack("evaluate-csv-bom", evaluate_list("val.csv", BOM + "path,label\n{video},abseiling\n"), 0, '"count": 1'),
+    Attack("evaluate-txt-comma", evaluate_list("val.txt", "{video} 0\n", "clip, one.mp4"), 0, '"count": 1'),
+    Attack("evaluate-labels-bom", evaluate_list("val.txt", "{video} 0\n", labels=BOM + K400_MAP), 0, '"count": 1'),
+    Attack("pretrain-list-bom", pretrain_list("list.txt", BOM + "{video}\n", "clip.mp4"), 0, "", never="skipped"),
+    Attack("pretrain-txt-comma", pretrain_list("list.txt", "{video}\n", "clip, one.mp4"), 0, "", never="skipped"),
+    Attack("pretrain-csv-original", pretrain_list("train.csv", "{video} 0\n", "clip.mp4"), 0, "", never="skipped"),
 ]  # fmt: skip
 
 
@@ -214,6 +257,13 @@ def test_a_mean_of_one_value_is_broadcast_like_a_number(capsys, tmp_path, base):
 
 
 # ---- process-level attacks: a real subprocess -------------------------------------------------------------
+def test_paths_on_stdin_may_start_with_a_bom(base):
+    model, video = base
+    result = run_vmae("classify", "-", "--model", str(model), "--jsonl", input=f"{BOM}{video}\n{video}\n")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["ok"] for line in result.stdout.splitlines()] == [True, True]
+
+
 def test_warnings_of_a_damaged_video_are_one_line_each_and_counted(tmp_path, base):
     """Corrupt packets in every GOP: each timeline window meets one. Python would print each warning with
     its source line; vmae prints one line per kind of message and counts the repeats."""
@@ -230,6 +280,43 @@ def test_warnings_of_a_damaged_video_are_one_line_each_and_counted(tmp_path, bas
     assert len(set(lines)) == len(lines), lines  # nothing repeated
     assert any("skipped a corrupt packet" in line and "more like it)" in line for line in lines), lines
     assert len(lines) <= 4, lines  # two kinds of message, each once and once counted
+
+
+def _without_root_file_access() -> None:
+    """In the child: drop the capabilities that let root read any file (root owns the test's files, so a
+    mode-000 folder then really cannot be listed), as an ordinary user would be."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone after exec
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_folder_that_cannot_be_listed_is_named_and_fails_the_run(tmp_path, base):
+    """classify goes on with what it could list and exits 1; a training run refuses to start (exit 2)."""
+    model, video = base
+    videos, private = tmp_path / "videos", tmp_path / "videos" / "private"
+    private.mkdir(parents=True)
+    shutil.copy(video, videos / "a.mp4")
+    shutil.copy(video, private / "b.mp4")
+    private.chmod(0)
+    preexec = _without_root_file_access if os.geteuid() == 0 else None
+    try:
+        classify, pretrain = (
+            subprocess.run([sys.executable, "-m", "vmae_cli", *map(str, args)], capture_output=True, text=True,
+                           cwd=REPO, preexec_fn=preexec, timeout=120)
+            for args in (["classify", videos, "--model", model, "--jsonl"],
+                         ["pretrain", videos, "--out", tmp_path / "run", "--model-config", "tiny", "--config", "tiny"])
+        )  # fmt: skip
+    finally:
+        private.chmod(0o755)
+    assert classify.returncode == 1, classify.stderr
+    assert f"{private}: cannot list this folder (Permission denied)" in classify.stderr
+    assert [json.loads(line)["path"] for line in classify.stdout.splitlines()] == [str(videos / "a.mp4")]
+    assert pretrain.returncode == 2 and not (tmp_path / "run").exists(), pretrain.stderr
+    assert (
+        pretrain.stderr
+        == f"error: {private}: cannot list this folder (Permission denied); fix its permissions or move it out\n"
+    )
 
 
 def _warn_three_times() -> None:

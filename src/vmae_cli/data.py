@@ -7,7 +7,6 @@ pure function of the seed, and a resumed run sees exactly the clips the interrup
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import VideoMAEConfig
+from .discover import PATH_COLUMNS, VIDEO_EXTENSIONS, ListFile, read_list, videos_in_folder
 from .errors import UsageError
 from .masking import decoder_mask, tube_mask
 from .sampling import random_window_indices
@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training targets un-normalise with these, so inputs use them
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LIST_SUFFIXES = {".txt", ".csv", ".tsv", ".lst", ".list"}
-PATH_COLUMNS = ("path", "video", "filename", "file", "video_path")
 
 
 # ---- which videos ----------------------------------------------------------------------------------------
@@ -39,13 +37,9 @@ def list_videos(data: str | os.PathLike) -> list[str]:
     `video`, `filename`...); without such a header the first column is the path (the original
     VideoMAE lists are `path label`, space separated). Relative paths are relative to the list file.
     """
-    from .inference import VIDEO_EXTENSIONS
-
     root = Path(data).expanduser()
     if root.is_dir():
-        paths = sorted(
-            str(p) for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-        )
+        paths = videos_in_folder(root)
         if not paths:
             raise UsageError(
                 f"{data}: no video files in this folder (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})"
@@ -55,36 +49,19 @@ def list_videos(data: str | os.PathLike) -> list[str]:
         raise UsageError(f"{data}: no such file or folder; give a folder of videos or a list file")
     if root.suffix.lower() in VIDEO_EXTENSIONS:
         return [str(root)]
-    try:
-        text = root.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{data}: cannot read the list file ({e})") from None
-    paths = [_resolve(p, root.parent) for p in _list_entries(text, root.suffix.lower())]
+    paths = [_resolve(p, root.parent) for p in _list_entries(read_list(root))]
     if not paths:
         raise UsageError(f"{data}: the list file names no videos")
     return paths
 
 
-def _list_entries(text: str, suffix: str) -> list[str]:
-    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not lines:
-        return []
-    delimiter = (
-        "\t"
-        if suffix == ".tsv" or "\t" in lines[0]
-        else ("," if suffix == ".csv" or "," in lines[0] else None)
-    )
-    if delimiter is None:
+def _list_entries(listed: ListFile) -> list[str]:
+    if listed.delimiter is None:
         # one path per line, or `path label`: a trailing integer label is not part of the path
+        lines = [row[0] for row in listed.rows]
         return [line.rsplit(None, 1)[0] if _has_label(line) else line.strip() for line in lines]
-    rows = list(csv.reader(lines, delimiter=delimiter))
-    header = [h.strip().lower() for h in rows[0]]
-    column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
-    if column is not None:
-        rows = rows[1:]
-    else:
-        column = 0
-    return [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+    column = listed.column(PATH_COLUMNS) or 0
+    return [row[column].strip() for row in listed.rows if len(row) > column and row[column].strip()]
 
 
 def _has_label(line: str) -> bool:

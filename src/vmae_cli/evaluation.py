@@ -13,7 +13,6 @@ that are averaged, then top-1 / top-5 are counted against the true label.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .discover import PATH_COLUMNS, read_list, read_text, subfolders, videos_in_folder
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("label", "class", "category", "label_index")
-PATH_COLUMNS = ("path", "video", "filename", "file", "video_path")
 
 
 # ---- labelled sets -----------------------------------------------------------------------------------------
@@ -47,11 +46,9 @@ class LabelledSet:
 
 def read_label_map(path: str | os.PathLike) -> dict[int, str]:
     """One label name per line (the original's label_map_k400.txt): line i names index i."""
-    p = Path(path).expanduser()
-    try:
-        names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--labels {path}: cannot read the label map ({e})") from None
+    names = [
+        line.strip() for line in read_text(path, "the label map (--labels)").splitlines() if line.strip()
+    ]
     if not names:
         raise UsageError(f"--labels {path}: the label map is empty (expected one label name per line)")
     if len(set(names)) != len(names):
@@ -109,15 +106,11 @@ def finetune_splits(data: str | os.PathLike, val: str | os.PathLike | None = Non
 
 
 def _class_folders(root: Path) -> tuple[list[str], list[str]]:
-    from .inference import VIDEO_EXTENSIONS
-
     if (root / "val").is_dir() and (root / "train").is_dir():
         raise UsageError(f"{root}: holds train/ and val/; give {root / 'val'} (or {root / 'train'}) itself")
     paths, names = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = sorted(
-            str(p) for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-        )
+    for folder in subfolders(root):
+        found = videos_in_folder(folder)
         paths += found
         names += [folder.name] * len(found)
     if not paths:
@@ -127,31 +120,19 @@ def _class_folders(root: Path) -> tuple[list[str], list[str]]:
 
 def _list_file(path: Path, index_names: dict[int, str] | None) -> tuple[list[str], list[str]]:
     """(paths, label names) of a CSV/TSV with a header, or of `path label_index` lines."""
-    try:
-        lines = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: cannot read the list file ({e})") from None
-    if not lines:
+    listed = read_list(path)
+    if not listed.rows:
         raise UsageError(f"{path}: the list file names no videos")
-    delimiter = (
-        "\t" if path.suffix.lower() == ".tsv" or "\t" in lines[0] else "," if "," in lines[0] else None
-    )
-    if delimiter is not None:
-        rows = list(csv.reader(lines, delimiter=delimiter))
-        header = [h.strip().lower() for h in rows[0]]
-        pcol = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
-        lcol = next((header.index(c) for c in LABEL_COLUMNS if c in header), None)
+    if listed.delimiter is not None:
+        pcol, lcol = listed.column(PATH_COLUMNS), listed.column(LABEL_COLUMNS)
         if pcol is None or lcol is None:
             raise UsageError(f"{path}: a CSV/TSV list needs a header with a path column and a label column "
-                             f"(e.g. `path,label`); got {rows[0]}")  # fmt: skip
-        entries = [(r[pcol].strip(), r[lcol].strip()) for r in rows[1:] if len(r) > max(pcol, lcol)]
+                             f"(e.g. `path,label`); got {listed.header or listed.rows[0]}")  # fmt: skip
+        rows = listed.rows
+        entries = [(r[pcol].strip(), r[lcol].strip()) for r in rows if len(r) > max(pcol, lcol)]
     else:  # the original format: `path label_index`, the path may not hold spaces
         entries = []
-        for n, line in enumerate(lines, 1):
+        for n, (line,) in enumerate(listed.rows, 1):
             parts = line.rsplit(None, 1)
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
                 raise UsageError(f"{path}:{n}: expected `path label_index`, got {line.strip()!r}")

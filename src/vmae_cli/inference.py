@@ -15,13 +15,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.utils.data
 
 from .clips import Clips, load_clips
+from .discover import VIDEO_EXTENSIONS, scan_folder, strip_bom  # noqa: F401 - VIDEO_EXTENSIONS: re-exported
 from .errors import UsageError
 from .preprocess import Preprocessor
 from .sampling import SamplingSpec, time_window_indices
@@ -29,29 +29,28 @@ from .video import VideoReader
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = {
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
-    ".m2ts", ".ogv", ".gif",
-}  # fmt: skip
-
 
 # ---- inputs ----------------------------------------------------------------------------------------------
-def expand_inputs(args: Iterable[str], stdin=None) -> list[str]:
-    """Files, folders (recursively, video extensions only), globs, and `-` (paths on stdin, one per line).
+def expand_inputs(args: Iterable[str], stdin=None) -> tuple[list[str], list[str]]:
+    """(paths, folders that could not be listed): files, folders (recursively, video extensions only),
+    globs, and `-` (paths on stdin, one per line).
 
     The order is the order given; a folder's videos are sorted. A path that does not exist is kept, so that
-    it is reported as a failed input rather than silently dropped.
+    it is reported as a failed input rather than silently dropped; a folder that cannot be listed is named
+    in a warning and returned, so that the run can end with "some inputs failed".
     """
     out: list[str] = []
+    unlisted: list[str] = []
     for arg in args:
         if arg == "-":
             stream = stdin if stdin is not None else sys.stdin
-            out.extend(line.strip() for line in stream if line.strip())
+            out.extend(line.strip() for line in strip_bom(stream) if line.strip())
         elif os.path.isdir(arg):
-            found = sorted(
-                str(p) for p in Path(arg).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
-            )
-            if not found:
+            found, failed = scan_folder(arg)
+            for folder, reason in failed:
+                log.warning("%s: cannot list this folder (%s); the videos in it are left out", folder, reason)
+            unlisted += [folder for folder, _ in failed]
+            if not found and not failed:
                 log.warning("%s: no video files in this folder", arg)
             out.extend(found)
         elif not os.path.exists(arg) and glob.has_magic(arg):
@@ -61,7 +60,7 @@ def expand_inputs(args: Iterable[str], stdin=None) -> list[str]:
             out.extend(matches)
         else:
             out.append(arg)
-    return out
+    return out, unlisted
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:

@@ -11,16 +11,22 @@ from ..errors import UsageError
 from ..inference import expand_inputs, parse_shard, take_shard
 
 
-def gather_inputs(inputs: list[str], shard: str | None, out: Path | None) -> tuple[list[str], Path | None]:
-    """Expand the inputs, keep this shard's part, and give each torchrun rank its own output file."""
-    paths = expand_inputs(inputs)
+def gather_inputs(
+    inputs: list[str], shard: str | None, out: Path | None
+) -> tuple[list[str], Path | None, int]:
+    """Expand the inputs, keep this shard's part, and give each torchrun rank its own output file. The
+    count: folders that could not be listed (already named on stderr), failures of the run."""
+    paths, unlisted = expand_inputs(inputs)
     index, count = parse_shard(shard)
     if not paths:
-        raise UsageError("no inputs: give video files, folders, globs, or - for paths on stdin")
+        raise UsageError(
+            "no inputs: give video files, folders, globs, or - for paths on stdin"
+            + (f" ({len(unlisted)} folder(s) could not be listed)" if unlisted else "")
+        )
     paths = take_shard(paths, index, count)
     if count > 1 and shard is None and out is not None:  # every rank got the same --out: one file each
         out = out.with_name(f"{out.stem}.rank{index}of{count}{out.suffix}")
-    return paths, out
+    return paths, out, len(unlisted)
 
 
 @contextlib.contextmanager

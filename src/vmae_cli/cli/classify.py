@@ -85,7 +85,7 @@ def classify(
         raise typer.BadParameter("--resume needs --out FILE (the output to continue)")
     if (window is not None or hop is not None) and not timeline:
         raise typer.BadParameter("--window and --hop go with --timeline")
-    paths, out = gather_inputs(inputs, shard, out)
+    paths, out, unlisted = gather_inputs(inputs, shard, out)
     fmt = "json" if json_ else "jsonl" if jsonl else None
     if fmt is None:
         fmt = ("json" if out.suffix == ".json" else "jsonl") if out is not None else "table"
@@ -100,7 +100,7 @@ def classify(
     else:
         results = engine.run(todo) if todo else iter(())
     writer = RecordWriter(out, fmt, done=done) if fmt != "table" else None
-    failures = 0
+    failures = unlisted  # folders that could not be listed: inputs that failed
     with progress(len(todo), quiet, "classify") as advance:
         for path in paths:
             if path in done:

@@ -89,7 +89,7 @@ def embed(
         raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if pool not in ("auto", "mean", "token0", "none"):
         raise typer.BadParameter(f"--pool must be auto, mean, token0 or none, got {pool!r}")
-    paths, out = gather_inputs(inputs, shard, out)
+    paths, out, unlisted = gather_inputs(inputs, shard, out)
     # What an earlier run finished, read before anything is opened for writing (a JSON Lines journal is
     # rewritten from the start), and the model loaded before a fresh journal appears (a model that fails
     # to load leaves nothing behind).
@@ -109,7 +109,7 @@ def embed(
     else:
         writer = EmbeddingWriter(out, fmt, settings=settings)
     results = engine.run(todo) if todo else iter(())
-    failures = 0
+    failures = unlisted  # folders that could not be listed: inputs that failed
     with progress(len(todo), quiet, "embed") as advance:
         for path in paths:
             if path in done:
