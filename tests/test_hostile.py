@@ -155,6 +155,16 @@ def evaluate_list(name: str, text: str, video_name: str = "clip.mp4", labels: st
     return build
 
 
+def resume_binary(name: str) -> Callable:
+    """`vmae classify --out preds.jsonl --resume` where `name` (the output or its journal) is binary."""
+
+    def build(tmp, model, video):
+        (tmp / name).write_bytes(bytes(range(128, 256)) * 8)
+        return ["classify", video, "--model", model, "--out", tmp / "preds.jsonl", "--resume"]
+
+    return build
+
+
 K400_MAP = "\n".join(K400[str(i)] for i in range(400)) + "\n"
 
 ATTACKS = [
@@ -204,6 +214,9 @@ ATTACKS = [
     Attack("label-gap", label_gap(400), 0,
            "id2label names no label for output(s) 7 of the model's 400 (numbered 0..399), shown as LABEL_7; "
            "its label(s) for 400 belong to no output"),
+    # ---- --resume of an output that vmae did not write (#13 item 8)
+    Attack("resume-binary-out", resume_binary("preds.jsonl"), 2, "preds.jsonl (or preds.jsonl.partial): not a JSON/JSONL output of vmae"),
+    Attack("resume-binary-journal", resume_binary("preds.jsonl.partial"), 2, "not a JSON/JSONL output of vmae (binary data)"),
     # ---- list files (#13 item 10): a byte-order mark, a comma in a plain list's path
     Attack("evaluate-csv-bom", evaluate_list("val.csv", BOM + "path,label\n{video},abseiling\n"), 0, '"count": 1'),
     Attack("evaluate-txt-comma", evaluate_list("val.txt", "{video} 0\n", "clip, one.mp4"), 0, '"count": 1'),

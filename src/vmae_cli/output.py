@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
+
 
 def print_json(data: Any, stream=None) -> None:
     stream = stream or sys.stdout
@@ -64,6 +66,16 @@ def partial_path(out: Path) -> Path:
 def finished_records(out: Path) -> dict[str, dict]:
     """Records of inputs done by an earlier run of the same `--out`: the finished file and its `.partial`
     journal. Failed inputs are not counted as done, so a resumed run tries them again."""
+    try:
+        return _finished_records(out)
+    except UnicodeDecodeError:  # a binary file: not something vmae wrote
+        raise UsageError(
+            f"{out} (or {partial_path(out).name}): not a JSON/JSONL output of vmae (binary data), so --resume "
+            "has nothing to continue; give another --out"
+        ) from None
+
+
+def _finished_records(out: Path) -> dict[str, dict]:
     found: list[dict] = []
     if out.is_file():
         text = out.read_text(encoding="utf-8").strip()
