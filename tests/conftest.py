@@ -34,6 +34,14 @@ def isolated_hf_cache(tmp_path_factory, monkeypatch):
     return home / "hub"
 
 
+@pytest.fixture(params=[False, True], ids=["cpu-bf16-off", "cpu-bf16-on"])
+def cpu_bf16(request, monkeypatch):
+    """Runs a test as on a CPU without and with native bf16 (AVX2-only / AVX512-BF16, AMX), through the
+    VMAE_CPU_BF16 switch that subprocesses inherit: for the tests whose outcome goes through `--dtype auto`."""
+    monkeypatch.setenv("VMAE_CPU_BF16", "1" if request.param else "0")
+    return request.param
+
+
 def run_vmae(*args: str, input: str | None = None, env: dict | None = None, timeout: float = 120):
     """Run the real `vmae` entry point in a subprocess; returns the CompletedProcess (text mode)."""
     full_env = {**os.environ, **(env or {})}

@@ -25,7 +25,9 @@ def _generator():
     return load_script("make_synthetic")
 
 
-def test_make_demo_classifies_every_bundled_clip_correctly():
+def test_make_demo_classifies_every_bundled_clip_correctly(cpu_bf16):
+    """A trained model, as `make demo` runs it: right on every clip with bf16 (--dtype auto on a CPU with native
+    bf16) and without."""
     clips = sorted(EXAMPLES.glob("*.mp4"))
     assert len(clips) == 8
     out = run_vmae("classify", *map(str, clips), "--model", str(CLASSIFIER), "--jsonl", "--quiet")

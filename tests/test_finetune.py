@@ -107,7 +107,8 @@ def test_checkpoints_carry_the_models_preprocessor_config(trained):
 
 def test_classify_samples_as_training_did(capsys, trained, data):
     clip = data / "val" / "right" / "0.mp4"
-    code, out, _ = vmae(capsys, "classify", clip, "--model", trained / "model", "--json", "--device", "cpu")
+    code, out, _ = vmae(capsys, "classify", clip, "--model", trained / "model", "--json", "--device", "cpu",
+                        "--dtype", "fp32")  # fmt: skip
     record = json.loads(out)[0] if out.lstrip().startswith("[") else json.loads(out)
     assert code == 0 and record["views"] == 1
     assert record["frames"] == [[0, 2, 4, 6]]  # the central window of frames 0, 2, .., 8: 4 frames, stride 2
@@ -139,7 +140,7 @@ def _direct(model_dir: Path, root: Path, clips: int, crops: int) -> tuple[np.nda
 
 def test_evaluate_json_matches_a_direct_computation(capsys, trained, data):
     code, out, err = vmae(capsys, "evaluate", data / "train", "--model", trained / "model", "--json",
-                          "--clips", "2", "--crops", "3", "--device", "cpu", "--workers", "1")  # fmt: skip
+                          "--clips", "2", "--crops", "3", "--device", "cpu", "--dtype", "fp32", "--workers", "1")  # fmt: skip
     assert code == 0, err
     result = json.loads(out)
     confusion, _ = _direct(trained / "model", data / "train", clips=2, crops=3)

@@ -228,3 +228,93 @@ def test_a_model_that_cannot_be_used_exits_2_in_one_line(capsys, tmp_path, video
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1 and says in err
     assert stdout == "" and list(out.iterdir()) == []
+
+
+# ---- precision: what --dtype auto means per command -----------------------------------------------------------
+def test_auto_dtype_per_command(cpu_bf16):
+    """classify and training: bf16 where the CPU has it natively; embed: fp32 on any CPU unless asked."""
+    import torch
+
+    from vmae_cli.inference import resolve_dtype
+    from vmae_cli.training import Precision
+
+    cpu, native = torch.device("cpu"), torch.bfloat16 if cpu_bf16 else torch.float32
+    assert resolve_dtype("auto", cpu, cpu_bf16=True) == native  # classify, evaluate
+    assert resolve_dtype("auto", cpu, cpu_bf16=False) == torch.float32  # embed, probe
+    assert resolve_dtype("bf16", cpu, cpu_bf16=False) == torch.bfloat16  # asked for: always
+    assert Precision.create("auto", cpu).name == ("bf16" if cpu_bf16 else "fp32")  # pretrain, finetune
+
+
+def test_the_bf16_switch_is_checked(monkeypatch):
+    import torch
+
+    from vmae_cli.errors import UsageError
+    from vmae_cli.inference import resolve_dtype
+
+    monkeypatch.setenv("VMAE_CPU_BF16", "yes")
+    with pytest.raises(UsageError, match="VMAE_CPU_BF16='yes': expected 1"):
+        resolve_dtype("auto", torch.device("cpu"), cpu_bf16=True)
+
+
+def test_embed_auto_gives_the_fp32_vectors_on_any_cpu(tmp_path, video, k400, cpu_bf16):
+    """Vectors are stored and compared: on a CPU, auto never rounds them to bf16 (a subprocess, as users run it,
+    inheriting VMAE_CPU_BF16); --dtype bf16 does, when asked for."""
+    vectors = {}
+    for dtype in ("auto", "fp32", "bf16"):
+        out = tmp_path / f"{dtype}.npy"
+        result = run_vmae("embed", str(video), "--model", str(k400), "--out", str(out), "--dtype", dtype)
+        assert result.returncode == 0, result.stderr
+        vectors[dtype] = np.load(out)
+    np.testing.assert_array_equal(vectors["auto"], vectors["fp32"])
+    assert 1e-4 < np.abs(vectors["bf16"] - vectors["fp32"]).max() < 0.1
+
+
+def _k400_prototypes(capsys, tmp_path, k400, paths: list, labels: list[int], scale: float = 8.0):
+    """A copy of the K400 classifier whose head gives each video its own label by a margin of `scale` logits:
+    row labels[i] is the video's centred fp32 feature (what the head sees), scaled, so no training is needed
+    and no luck is involved; the other 396 rows keep their random weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    feats = []
+    for k, path in enumerate(paths):
+        out = tmp_path / f"f{k}.npy"
+        code, _, err = vmae_in_process(
+            capsys, "embed", path, "--model", k400, "--out", out, "--dtype", "fp32"
+        )
+        assert code == 0, err
+        feats.append(torch.from_numpy(np.load(out)[0]))
+    f = torch.stack(feats).double()  # (V, D)
+    centred = f - f.mean(0)
+    model = tmp_path / "k400-prototypes"
+    shutil.copytree(k400, model)
+    state = load_file(model / "model.safetensors")
+    w, b = state["classifier.weight"].double(), state["classifier.bias"].double()
+    for c, label in zip(centred, labels, strict=True):
+        w[label] = scale * c / c.dot(c)  # logit scale on its own video, less on the others (they sum to zero)
+        b[label] = -w[label].dot(f.mean(0))
+    state["classifier.weight"], state["classifier.bias"] = w.float(), b.float()
+    save_file(state, str(model / "model.safetensors"), metadata={"format": "pt"})
+    return model
+
+
+def test_classify_auto_bf16_keeps_fp32_top1_on_kinetics_labels(capsys, tmp_path, video, k400, cpu_bf16):
+    """On a CPU with native bf16, classify runs in bf16 (auto): its top-1 equals fp32's, on real camera clips and
+    synthetic ones, with the real Kinetics-400 label set (400 outputs competing)."""
+    from .conftest import DATA
+
+    paths = [DATA / "bikes.mp4", DATA / "carphone_pristine.mp4", video]
+    names = ["riding a bike", "driving car", "juggling balls"]
+    model = _k400_prototypes(capsys, tmp_path, k400, paths, [K400.index(n) for n in names])
+    runs = {}
+    for dtype in ("auto", "fp32"):
+        result = run_vmae("classify", *map(str, paths), "--model", str(model), "--jsonl", "--dtype", dtype)
+        assert result.returncode == 0, result.stderr
+        runs[dtype] = [json.loads(line)["predictions"] for line in result.stdout.splitlines()]
+    assert [p[0]["label"] for p in runs["fp32"]] == names  # the head does what it was built to
+    assert [p[0]["label"] for p in runs["auto"]] == names
+    auto_scores = [p[0]["score"] for p in runs["auto"]]
+    fp32_scores = [p[0]["score"] for p in runs["fp32"]]
+    assert (auto_scores != fp32_scores) == cpu_bf16  # auto did run in bf16 where native, and only there

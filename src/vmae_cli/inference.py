@@ -99,8 +99,23 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UsageError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
 
 
+CPU_BF16_ENV = (
+    "VMAE_CPU_BF16"  # 1 / 0: the CPU has native bf16 / has not, whatever it is (tests run both ways)
+)
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    """True where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow.
+
+    VMAE_CPU_BF16=1 or 0 forces the answer, so that one machine can behave as either kind of CPU.
+    """
+    forced = os.environ.get(CPU_BF16_ENV, "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise UsageError(
+                f"{CPU_BF16_ENV}={forced!r}: expected 1 (native bf16), 0 (none), or unset (detect)"
+            )
+        return forced == "1"
     try:
         return (
             bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -110,13 +125,15 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on CUDA (where supported) and on CPUs with native bf16, float32 otherwise."""
+def resolve_dtype(name: str, device: torch.device, *, cpu_bf16: bool) -> torch.dtype:
+    """The dtype for `--dtype NAME`. auto: bf16 on CUDA (where supported); on the CPU bf16 only where the caller
+    allows it (cpu_bf16: classify, evaluate and training, whose results bf16 leaves alike) and the CPU computes it
+    natively; float32 otherwise (embed: vectors are stored and compared, so every CPU gives the fp32 ones)."""
     names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
-        if device.type == "cpu" and cpu_has_fast_bf16():
+        if device.type == "cpu" and cpu_bf16 and cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
     if name not in names:

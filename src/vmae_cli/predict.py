@@ -76,7 +76,7 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     from .model import VideoMAEForVideoClassification, VideoMAEModel
 
     device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
+    dtype = resolve_dtype(opts.dtype, device, cpu_bf16=task == "classify")  # embeddings stay fp32 on a CPU
     config = VideoMAEConfig.from_json_file(resolve(ref, revision, weights=False).config_path)
     if opts.threads:
         torch.set_num_threads(opts.threads)

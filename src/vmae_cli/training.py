@@ -172,7 +172,7 @@ class Precision:
     def create(cls, name: str, device: torch.device) -> Precision:
         from .inference import resolve_dtype
 
-        dtype = resolve_dtype(name, device)
+        dtype = resolve_dtype(name, device, cpu_bf16=True)  # bf16 autocast where native, as on CUDA
         if dtype == torch.float32:
             return cls(None, device.type)
         if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():

@@ -35,7 +35,11 @@ ShardOpt = Annotated[
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Views per model call.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="auto (bf16 where fast, else fp32), fp32, bf16 or fp16.")
+    str,
+    typer.Option(
+        "--dtype",
+        help="auto (bf16 on CUDA; on a CPU: bf16 where native for classify, fp32 for embed), fp32, bf16 or fp16.",
+    ),
 ]
 WorkersOpt = Annotated[
     int,
@@ -106,7 +110,9 @@ TrainDeviceOpt = Annotated[
 TrainDtypeOpt = Annotated[
     str | None,
     typer.Option(
-        "--dtype", help="auto (bf16 where fast, else fp32), fp32, bf16 or fp16.", show_default=False
+        "--dtype",
+        help="auto (bf16 on CUDA and on CPUs with native bf16, else fp32), fp32, bf16 or fp16.",
+        show_default=False,
     ),
 ]
 TrainWorkersOpt = Annotated[
