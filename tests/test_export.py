@@ -100,6 +100,8 @@ def test_round_trip_against_eager(tmp_path, models, clip, kind, suffix, dtype, d
         verify_clip=clip,
     )
     assert result.task == ("classify" if kind == "classifier" else "features")
+    # --pool auto, resolved: without a classifier head, the encoder's token mean
+    assert result.pool == (None if kind == "classifier" else "mean")
     assert result.verify["batches"] == ([1, 3] if dynamic else [2])
     assert result.verify["max_abs_diff"] <= result.verify["tolerance"]
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]

@@ -60,7 +60,7 @@ class ExportResult:
     sidecar: str
     format: str  # pt2 | onnx
     task: str  # classify | features
-    pool: str | None  # features only: embed's --pool
+    pool: str | None  # features only: embed's --pool, auto resolved (mean+fc_norm, mean, token0, none)
     dtype: str
     batch: int | str  # a fixed batch size, or "dynamic"
     opset: int | None
@@ -101,7 +101,7 @@ def export_model(
     tolerance: float | None = None,
 ) -> ExportResult:
     """Export `ref` to `out` (.pt2 or .onnx) and its sidecar `out`.json; see the module's doc."""
-    from .predict import POOLING, RunOptions, load_model
+    from .predict import POOLING, RunOptions, embed_pooling, load_model
 
     out = Path(out)
     fmt = _format(out, format)
@@ -139,8 +139,9 @@ def export_model(
     with torch.no_grad():
         out_dim = tuple(wrapped(example[:1]).shape[1:])
     output_name = "logits" if task == "classify" else "features"
+    pooled = None if task == "classify" else embed_pooling(cfg) if pool == "auto" else pool
     result = ExportResult(
-        out=str(out), sidecar=str(sidecar), format=fmt, task=task, pool=None if task == "classify" else pool,
+        out=str(out), sidecar=str(sidecar), format=fmt, task=task, pool=pooled,
         dtype=dtype, batch="dynamic" if dynamic_batch else batch_size, opset=opset if fmt == "onnx" else None,
         input={"name": "pixel_values", "shape": [batch, *example.shape[1:]], "dtype": "float32",
                "layout": "(batch, frames, channels, height, width), normalised by `preprocessor`"},
