@@ -7,6 +7,9 @@
    and the same 10 s 1080p clip. Target: vmae <= 0.35x the pipeline's time.
 2. embed: `vmae embed` over 50 clips (videos/s) against the model alone on pre-made tensors of the same
    shape and batch size. Target: >= 90% of model-only throughput (decoding and I/O hidden).
+3. forward: the ViT-B 16x224 forward alone, in the default dtype (`--dtype auto`: bf16 where native) and in
+   fp32, as a share of this machine's matmul peak in that dtype (measured between rounds), with the share its
+   attention kernel alone reaches and the ceiling that puts on the whole forward. Target: >= 75% (default).
 """
 
 from __future__ import annotations
@@ -175,6 +178,62 @@ def bench_embed(cache: Path, preset: str, n: int, batch: int, device: str, worke
           f"launching batches took {model_share:.0%} of the host's time")  # fmt: skip
 
 
+def bench_forward(rounds: int) -> None:
+    import torch
+    import torch.nn.functional as F
+    from bench_pretrain import _count_cpu_attention, gemm_peak_gflops
+    from bench_video import cpu_name
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vmae_cli import VideoMAEConfig, VideoMAEForVideoClassification
+    from vmae_cli.inference import resolve_dtype
+
+    config = VideoMAEConfig.from_preset("base").replace(
+        use_mean_pooling=True, id2label={i: f"class {i}" for i in range(400)}
+    )
+    torch.manual_seed(0)
+    model = VideoMAEForVideoClassification(config).eval()
+    h, w = config.image_hw
+    x = torch.randn(1, config.num_frames, 3, h, w)
+    _count_cpu_attention()
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    flops = counter.get_total_flops()
+    n, heads, hd = (
+        config.num_patches,
+        config.num_attention_heads,
+        config.hidden_size // config.num_attention_heads,
+    )
+    attn_flops = config.num_hidden_layers * 4 * n * n * config.hidden_size  # q @ k^T and probs @ v
+    print(f"forward, ViT-B 16x224, batch 1 ({cpu_name()}, {torch.get_num_threads()} threads): "
+          f"{flops / 1e9:.0f} GFLOP, {attn_flops / flops:.0%} of it in attention")  # fmt: skip
+    default = resolve_dtype("auto", torch.device("cpu"), cpu_bf16=True)  # classify's default
+    for dtype in dict.fromkeys([default, torch.float32]):
+        net, xx = model.to(dtype), x.to(dtype)
+        q = torch.randn(1, heads, n, hd, dtype=dtype)
+        times, attn, peaks = [], [], []
+        with torch.inference_mode():
+            net(xx)
+            for _ in range(rounds):
+                start = time.perf_counter()
+                net(xx)
+                times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                F.scaled_dot_product_attention(q, q, q)
+                attn.append(time.perf_counter() - start)
+                peaks.append(gemm_peak_gflops(dtype, reps=3))
+        t, peak = statistics.median(times), max(peaks)
+        attn_share = 4 * n * n * config.hidden_size / statistics.median(attn) / 1e9 / peak
+        # the whole forward if everything but attention ran at the peak and attention as measured
+        ceiling = flops / (flops - attn_flops + attn_flops / attn_share)
+        name = str(dtype).removeprefix("torch.")
+        print(f"  {name}: {t:.2f} s ({min(times):.2f}-{max(times):.2f}), {flops / t / 1e9:.0f} GFLOP/s = "
+              f"{flops / t / 1e9 / peak:.0%} of the {name} matmul peak ({peak:.0f} GFLOP/s, lowest {min(peaks):.0f}); "
+              f"attention alone {attn_share:.0%} of it, so at most {ceiling:.0%} for the forward "
+              f"(target >= 75% in the default dtype)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(".cache/bench"))
@@ -184,7 +243,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="0: vmae's default")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", choices=["classify", "embed"])
+    parser.add_argument("--only", choices=["classify", "embed", "forward"])
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "classify"):
@@ -193,6 +252,8 @@ def main() -> None:
         bench_embed(
             args.cache, args.embed_preset, args.embed_clips, args.batch_size, args.device, args.workers
         )
+    if args.only in (None, "forward") and args.device == "cpu":
+        bench_forward(args.repeats)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,16 @@
 
     python benchmarks/bench_pretrain.py [--presets tiny base] [--batch 8 2] [--steps 20 3] [--compile]
 
-Both sides train on the same random input tensors with the same tube masks (ratio 0.9) and batch, fp32,
-model compute only (no data loading). transformers runs a plain loop: `torch.optim.AdamW` with its
-defaults, `zero_grad()`. vmae runs what `vmae pretrain` runs: `training.make_optimizer` (fused AdamW)
-and `zero_grad(set_to_none=True)`; the same objective, so the same FLOPs but for the patch embedding
-(visible tubelets only). A third column adds VideoMAEv2's dual masking (`mask.decoder_ratio = 0.5`): a
-different, cheaper objective (the decoder sees about half the tokens), labelled as such.
-Sides alternate, and each figure is the median of the rounds. Last, the ceiling: each side's FLOPs per
-clip (torch's FlopCounterMode) against this machine's fp32 matmul peak, i.e. the most clips/s any
-implementation of the objective could reach here. Not run by CI.
+Both sides train on the same random input tensors with the same tube masks (ratio 0.9) and batch, model
+compute only (no data loading). transformers runs a plain fp32 loop: `torch.optim.AdamW` with its defaults,
+`zero_grad()`. vmae runs what `vmae pretrain` runs: `training.make_optimizer` (fused AdamW),
+`zero_grad(set_to_none=True)`, in fp32 and in the recipes' default dtype (`run.dtype = "auto"`: bf16 autocast
+where the CPU has native bf16, else fp32); the same objective, so the same FLOPs but for the patch embedding
+(visible tubelets only). A last column adds VideoMAEv2's dual masking (`mask.decoder_ratio = 0.5`, default
+dtype): a different, cheaper objective (the decoder sees about half the tokens), labelled as such.
+Sides alternate, and each figure is the median of the rounds. Last, the ceiling: each side's FLOPs per clip
+(torch's FlopCounterMode) times its clips/s, as a share of this machine's matmul peak in the dtype it
+computes in (fp32, or bf16 under bf16 autocast), measured between rounds. Not run by CI.
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from bench_video import cpu_name  # noqa: E402
+
 from vmae_cli.config import VideoMAEConfig  # noqa: E402
 from vmae_cli.masking import decoder_mask, tube_mask  # noqa: E402
 from vmae_cli.model import VideoMAEForPreTraining  # noqa: E402
-from vmae_cli.training import make_optimizer, param_groups  # noqa: E402
+from vmae_cli.training import Precision, make_optimizer, param_groups  # noqa: E402
 
 
-def build(side: str, config: VideoMAEConfig, compile_: bool, dual: torch.Tensor | None = None):
+def build(side: str, config: VideoMAEConfig, precision: Precision, compile_: bool = False,
+          dual: torch.Tensor | None = None):  # fmt: skip
     torch.manual_seed(0)
     if side == "transformers":
         import transformers
@@ -53,7 +57,8 @@ def build(side: str, config: VideoMAEConfig, compile_: bool, dual: torch.Tensor 
     net = torch.compile(model) if compile_ else model
 
     def step(x, m):
-        loss = net(x, m, return_dict=True, decoder_mask=dual).loss
+        with precision.autocast():  # as the training loop does: the forward (and its loss) under autocast
+            loss = net(x, m, return_dict=True, decoder_mask=dual).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -98,9 +103,9 @@ def gflop_per_clip(step, x, m) -> float:
     return counter.get_total_flops() / x.shape[0] / 1e9
 
 
-def gemm_peak_gflops(n: int = 2048, reps: int = 10) -> float:
-    """This machine's fp32 matmul throughput on the current threads: the ceiling for any implementation."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
+    """This machine's matmul throughput in `dtype` on the current threads: the ceiling for any implementation."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best = 0.0
@@ -119,17 +124,30 @@ def main() -> None:
     p.add_argument("--steps", nargs="+", type=int, default=[30, 2], help="timed steps per round, per preset")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--mask-ratio", type=float, default=0.9)
-    p.add_argument("--compile", action="store_true", help="also time vmae under torch.compile")
+    p.add_argument(
+        "--compile", action="store_true", help="also time vmae (default dtype) under torch.compile"
+    )
     args = p.parse_args()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
-    )
-    print(
-        "| preset | batch | transformers clips/s | vmae clips/s | speed-up | vmae, dual masking 0.5 | speed-up |"
-        + (" vmae+compile | speed-up |" if args.compile else "")
-    )
-    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""))
-    ceilings, peaks = [], []
+    cpu = torch.device("cpu")
+    fp32, default = Precision.create("fp32", cpu), Precision.create("auto", cpu)
+    print(f"{cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{torch.backends.cpu.get_cpu_capability()}; default dtype here: {default.name}")  # fmt: skip
+    dual_name, compile_name = f"vmae {default.name}, dual masking 0.5", f"vmae {default.name}+compile"
+    sides = {  # name -> (precision, compiled, dual masking)
+        "transformers fp32": (fp32, False, False),
+        "vmae fp32": (fp32, False, False),
+        f"vmae {default.name}": (default, False, False),
+        dual_name: (default, False, True),
+    }
+    if default.dtype is None:  # no native bf16: the default is fp32, timed once
+        del sides[f"vmae {default.name}"]
+        sides["vmae fp32, dual masking 0.5"] = sides.pop(dual_name)
+    if args.compile:
+        sides[compile_name] = (default, True, False)
+    print("| preset | batch | " + " | ".join(f"{s} clips/s | x transformers" for s in sides) + " |")
+    print("|---|---|" + "---|---|" * len(sides))
+    dtypes = {s: (prec.dtype or torch.float32) for s, (prec, _, _) in sides.items()}
+    ceilings, peaks = [], {dt: [] for dt in set(dtypes.values())}
     for preset, batch, steps in zip(args.presets, args.batch, args.steps, strict=True):
         config = VideoMAEConfig.from_preset(preset)
         g = torch.Generator().manual_seed(0)
@@ -137,10 +155,9 @@ def main() -> None:
         x = torch.randn(batch, config.num_frames, config.num_channels, h, w, generator=g)
         m = tube_mask(config, batch, args.mask_ratio, generator=g)
         dual = decoder_mask(m, 0.5, generator=g)
-        sides = ["transformers", "vmae", "vmae+dual"] + (["vmae+compile"] if args.compile else [])
         steppers = {
-            s: build(s.split("+")[0], config, s.endswith("compile"), dual if s.endswith("dual") else None)
-            for s in sides
+            s: build(s.split()[0], config, prec, compiled, dual if dualled else None)
+            for s, (prec, compiled, dualled) in sides.items()
         }
         for s in sides:  # warm up (allocator, lazy init, compilation)
             for _ in range(2):
@@ -149,31 +166,29 @@ def main() -> None:
         for _ in range(args.rounds):
             for s in sides:
                 rates[s].append(clips_per_s(steppers[s], x, m, steps))
-            peaks.append(
-                gemm_peak_gflops()
-            )  # between rounds: the machine's speed drifts (clocks, neighbours)
+            for dt in peaks:  # between rounds: the machine's speed drifts (clocks, neighbours)
+                peaks[dt].append(gemm_peak_gflops(dt))
         med = {s: statistics.median(r) for s, r in rates.items()}
-        row = f"| {preset} | {batch} | {med['transformers']:.2f} | {med['vmae']:.2f} | {med['vmae'] / med['transformers']:.2f}x |"
-        row += f" {med['vmae+dual']:.2f} | {med['vmae+dual'] / med['transformers']:.2f}x |"
-        if args.compile:
-            row += f" {med['vmae+compile']:.2f} | {med['vmae+compile'] / med['transformers']:.2f}x |"
-        print(row, flush=True)
-        work = {s: gflop_per_clip(steppers[s], x, m) for s in ("transformers", "vmae")}
-        ceilings.append((preset, med, work))
-    # How close each side runs to the machine's matmul peak, and what 1.5x would need: when transformers
-    # already runs near the peak, no implementation of the same objective can be much faster here.
-    peak = max(peaks)  # the highest: the shares below are then, if anything, understated
-    print(
-        f"\nfp32 GEMM peak (2048^3 matmul, best of {len(peaks)}) on {torch.get_num_threads()} threads:"
-        f" {peak:.1f} GFLOP/s (lowest {min(peaks):.1f})"
-    )
-    for preset, med, work in ceilings:
-        hf, ours = (med[s] * work[s] / peak for s in ("transformers", "vmae"))
-        print(
-            f"{preset}: {work['transformers']:.2f} GFLOP per clip in transformers, {work['vmae']:.2f} in vmae;"
-            f" share of peak: transformers {hf:.0%}, vmae {ours:.0%};"
-            f" 1.5x transformers needs vmae at {1.5 * hf * work['vmae'] / work['transformers']:.0%}"
+        ref = med["transformers fp32"]
+        cells = " | ".join(
+            f"{med[s]:.2f} ({min(rates[s]):.2f}-{max(rates[s]):.2f}) | {med[s] / ref:.2f}x" for s in sides
         )
+        print(f"| {preset} | {batch} | {cells} |", flush=True)
+        work = {s: gflop_per_clip(steppers[s], x, m) for s in sides if not s.endswith("compile")}
+        ceilings.append((preset, med, work))
+    # How close each side runs to the machine's matmul peak in the dtype it computes in: when a side already
+    # runs near its peak, no implementation of the same objective can be much faster here.
+    for dt, values in peaks.items():
+        print(f"\n{str(dt).removeprefix('torch.')} GEMM peak (2048^3 matmul, best of {len(values)}) on "
+              f"{torch.get_num_threads()} threads: {max(values):.1f} GFLOP/s (lowest {min(values):.1f})", end="")  # fmt: skip
+    print()
+    for preset, med, work in ceilings:
+        shares = ", ".join(
+            f"{s} {med[s] * work[s] / max(peaks[dtypes[s]]):.0%} of the {str(dtypes[s]).removeprefix('torch.')} peak"
+            f" ({work[s]:.2f} GFLOP per clip)"
+            for s in work
+        )
+        print(f"{preset}: {shares}")
 
 
 if __name__ == "__main__":
