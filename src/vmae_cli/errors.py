@@ -55,3 +55,9 @@ class FieldError(ConfigError):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path is not None else self.message
+
+
+class Interrupted(VmaeError):
+    """Ctrl-C (SIGINT) or SIGTERM: what was done is kept, and the same command with --resume continues it."""
+
+    exit_code = 130

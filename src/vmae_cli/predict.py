@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -168,6 +169,45 @@ def classification_record(result: VideoResult, config, top_k: int, provenance=No
             for k, (s, e) in enumerate(result.segments)
         ]  # fmt: skip
     return record
+
+
+class NonFiniteOutput(VmaeError):
+    """The model gave NaN or infinity for an input (the input fails; JSON has no NaN)."""
+
+
+def checked_results(results: Iterator[VideoResult], engine: Engine | None) -> Iterator[VideoResult]:
+    """`results` with every non-finite output turned into an error that names the likely cause: a score or a
+    vector of NaN is no result, and NaN is not JSON. The cause is looked for once, at the first such output."""
+    cause = None
+    try:
+        for result in results:
+            if result.ok and not bool(torch.isfinite(result.outputs).all()):
+                cause = cause or non_finite_cause(engine)
+                result.error = NonFiniteOutput(f"{result.path}: the model produced NaN/inf: {cause}")
+            yield result
+    finally:
+        if hasattr(results, "close"):
+            results.close()
+
+
+def non_finite_cause(engine: Engine) -> str:
+    """Why a model gives NaN/inf: non-finite weights, an image_std with a zero, a bad layer_norm_eps, or (when
+    none of them) overflow in a low precision."""
+    model, pre = engine.model, engine.preprocessor
+    bad = [
+        name
+        for name, t in model.state_dict().items()
+        if t.is_floating_point() and not torch.isfinite(t).all()
+    ]
+    if bad:
+        return f"{len(bad)} of its weight tensors hold NaN/inf (first: {bad[0]}); check model.safetensors"
+    std, mean = list(pre.image_std), list(pre.image_mean)
+    if not all(np.isfinite(std)) or 0 in std or not all(np.isfinite(mean)):
+        return f"preprocessor_config.json has image_std {std} and image_mean {mean}; image_std must be finite, non-zero"
+    eps = model.config.layer_norm_eps
+    if not (np.isfinite(eps) and eps > 0):
+        return f"config.json has layer_norm_eps {eps}; it must be a small positive number such as 1e-12"
+    return f"an overflow in {str(engine.dtype).replace('torch.', '')}: check its weights, or try --dtype fp32"
 
 
 def embedding(result: VideoResult) -> np.ndarray:

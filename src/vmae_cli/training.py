@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import VmaeError
+from .errors import Interrupted, VmaeError
 from .files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,6 @@ TRAINER_STATE = "trainer_state.pt"
 
 class TrainingError(VmaeError):
     """The run cannot go on (non-finite loss, nothing readable to train on, an unusable run folder)."""
-
-
-class Interrupted(VmaeError):
-    """Ctrl-C (SIGINT/SIGTERM): a checkpoint was saved; the run can be resumed."""
-
-    exit_code = 130
 
 
 # ---- schedule ---------------------------------------------------------------------------------------------

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..inference import expand_inputs, parse_shard, take_shard
 
 
@@ -60,3 +61,49 @@ def report_error(record: dict) -> None:
     """One line on stderr for a failed input (naming the file once)."""
     path, message = record["path"], record["error"]["message"]
     print(f"error: {message}" if path in message else f"error: {path}: {message}", file=sys.stderr)
+
+
+def run_settings(model: str, revision: str | None, opts, **extra) -> dict:
+    """What a run's outputs depend on (model, sampling, precision...): kept in its journal, so that `--resume`
+    refuses to mix another model or other settings into one output. `opts`: the run's RunOptions."""
+    local = Path(model).expanduser()
+    return dict(model=str(local.resolve()) if local.exists() else model, revision=revision, dtype=opts.dtype,
+                frames=opts.frames, stride=opts.stride, sampling=opts.sampling, clips=opts.clips, crops=opts.crops,
+                **extra)  # fmt: skip
+
+
+@contextlib.contextmanager
+def claimed(out: Path | None, files: dict[Path, str], inputs: list[str], force: bool) -> Iterator[None]:
+    """Make sure the run's outputs destroy nothing (`check_outputs`), then hold the lock on `out` until the
+    run ends, so that a second run with the same --out is refused instead of mixing into this one."""
+    from ..files import exclusive_lock
+    from ..output import check_outputs
+
+    if out is None:
+        yield
+        return
+    check_outputs(files, inputs, force)
+    with exclusive_lock(out):
+        yield
+
+
+def resume_command() -> str:
+    """The command line of this run with --resume: what continues it after an interrupt."""
+    args = sys.argv[1:]
+    return shlex.join(["vmae", *args, *([] if "--resume" in args else ["--resume"])])
+
+
+def interrupted(
+    out: Path | None, kept: int, total: int, journal: Path | None, from_stdin: bool
+) -> Interrupted:
+    """The error that ends a run stopped by Ctrl-C: what was kept, and the command that continues it."""
+    if out is None:
+        return Interrupted(
+            f"interrupted after {kept} of {total} input(s); nothing was kept on disk (results go to stdout): "
+            "run with --out FILE to be able to --resume"
+        )
+    stdin = " (with the same list of paths on stdin)" if from_stdin else ""
+    return Interrupted(
+        f"interrupted: {kept} of {total} input(s) done and kept in {journal}; continue with: "
+        f"{resume_command()}{stdin}"
+    )

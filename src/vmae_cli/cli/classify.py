@@ -12,6 +12,7 @@ from .options import (
     CropsOpt,
     DeviceOpt,
     DtypeOpt,
+    ForceOpt,
     FramesOpt,
     InputsArg,
     JsonFlag,
@@ -39,6 +40,7 @@ def classify(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON line per video, in input order.")] = False,
     out: OutOpt = None,
     resume: ResumeOpt = False,
+    force: ForceOpt = False,
     shard: ShardOpt = None,
     timeline: Annotated[
         bool, typer.Option("--timeline", help="Labels for consecutive windows of each video.")
@@ -73,10 +75,10 @@ def classify(
     models take a central 16x4 window and SSv2 models 16 segments. --clips 5 --crops 3 averages the
     paper's 15 test views.
     """
-    from ..output import RecordWriter, finished_records
-    from ..predict import RunOptions, classification_record, load_model
+    from ..output import RecordWriter, check_settings, finished_records, journal_settings, partial_path
+    from ..predict import RunOptions, checked_results, classification_record, load_model
     from ..provenance import RunProvenance
-    from .batch import exit_code, gather_inputs, progress, report_error
+    from .batch import claimed, exit_code, gather_inputs, interrupted, progress, report_error, run_settings
     from .render import print_classification
 
     if json_ and jsonl:
@@ -85,36 +87,57 @@ def classify(
         raise typer.BadParameter("--resume needs --out FILE (the output to continue)")
     if (window is not None or hop is not None) and not timeline:
         raise typer.BadParameter("--window and --hop go with --timeline")
-    paths, out, unlisted = gather_inputs(inputs, shard, out)
     fmt = "json" if json_ else "jsonl" if jsonl else None
-    if fmt is None:
-        fmt = ("json" if out.suffix == ".json" else "jsonl") if out is not None else "table"
-    done = finished_records(out) if resume else {}
-    todo = [p for p in paths if p not in done]
-
+    if fmt is None and out is not None:
+        if out.suffix not in (".json", ".jsonl"):
+            raise typer.BadParameter(
+                f"{out}: unknown suffix {out.suffix or '(none)'!r}; name it .json (one array) or .jsonl (JSON "
+                "Lines), or choose the format with --json or --jsonl",
+                param_hint="--out",
+            )
+        fmt = out.suffix[1:]
+    fmt = fmt or "table"
+    paths, out, unlisted = gather_inputs(inputs, shard, out)
     opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
-    net, engine = load_model(model, revision, "classify", opts) if todo else (None, None)
-    provenance = RunProvenance.of(engine, model) if todo and fmt != "table" else None
-    if timeline:
-        results = (engine.timeline(p, window, hop, k) for k, p in enumerate(todo))
-    else:
-        results = engine.run(todo) if todo else iter(())
-    writer = RecordWriter(out, fmt, done=done) if fmt != "table" else None
-    failures = unlisted  # folders that could not be listed: inputs that failed
-    with progress(len(todo), quiet, "classify") as advance:
-        for path in paths:
-            if path in done:
-                record = done[path]
-            else:
-                record = classification_record(next(results), net.config, top_k, provenance)
-                advance()
-            failures += not record["ok"]
+    settings = run_settings(model, revision, opts, top_k=top_k, timeline=timeline, window=window, hop=hop)
+    with claimed(out, RecordWriter.files(out) if out is not None else {}, paths, force):
+        if resume:
+            check_settings(journal_settings(out), settings, partial_path(out))
+        done = finished_records(out) if resume else {}
+        todo = [p for p in paths if p not in done]
+        net, engine = load_model(model, revision, "classify", opts) if todo else (None, None)
+        provenance = RunProvenance.of(engine, model) if todo and fmt != "table" else None
+        if timeline:
+            results = (engine.timeline(p, window, hop, k) for k, p in enumerate(todo))
+        else:
+            results = engine.run(todo) if todo else iter(())
+        results = checked_results(results, engine)
+        writer = RecordWriter(out, fmt, done=done, settings=settings) if fmt != "table" else None
+        failures, finished = unlisted, 0  # folders that could not be listed: inputs that failed
+        try:
+            with progress(len(todo), quiet, "classify") as advance:
+                for path in paths:
+                    if path in done:
+                        record = done[path]
+                    else:
+                        record = classification_record(next(results), net.config, top_k, provenance)
+                        advance()
+                    failures += not record["ok"]
+                    finished += 1
+                    if writer is not None:
+                        writer.write(record)
+                    else:
+                        print_classification(record)
+                    if not record["ok"]:
+                        report_error(record)
+        except KeyboardInterrupt:
+            results.close()  # stops the decoding workers before this process goes
             if writer is not None:
-                writer.write(record)
-            else:
-                print_classification(record)
-            if not record["ok"]:
-                report_error(record)
-    if writer is not None:
-        writer.close()
+                writer.suspend()
+            kept = writer.kept if out is not None else finished
+            raise interrupted(
+                out, kept, len(paths), partial_path(out) if out else None, "-" in inputs
+            ) from None
+        if writer is not None:
+            writer.close()
     return exit_code(failures)

@@ -14,6 +14,7 @@ from .options import (
     CropsOpt,
     DeviceOpt,
     DtypeOpt,
+    ForceOpt,
     FramesOpt,
     InputsArg,
     ModelOpt,
@@ -61,6 +62,7 @@ def embed(
         ),
     ] = None,  # fmt: skip
     resume: ResumeOpt = False,
+    force: ForceOpt = False,
     shard: ShardOpt = None,
     frames: FramesOpt = None,
     stride: StrideOpt = None,
@@ -79,60 +81,91 @@ def embed(
     Failed inputs are listed in feats.errors.jsonl and on stderr, never silently dropped. Views
     (--clips x --crops) are averaged into one vector per video.
     """
-    from ..output import EmbeddingWriter, RecordWriter, error_record, finished_records
-    from ..predict import RunOptions, embedding, load_model
+    from ..output import (
+        EmbeddingWriter,
+        RecordWriter,
+        check_settings,
+        error_record,
+        finished_records,
+        journal_settings,
+        partial_path,
+    )  # fmt: skip
+    from ..predict import RunOptions, checked_results, embedding, load_model
     from ..provenance import RunProvenance
-    from .batch import exit_code, gather_inputs, progress, report_error
+    from .batch import claimed, exit_code, gather_inputs, interrupted, progress, report_error, run_settings
 
-    fmt = format_ or (out.suffix.lstrip(".") if out.suffix.lstrip(".") in FORMATS else "npy")
+    fmt = format_ or out.suffix.lstrip(".")
     if fmt not in FORMATS:
-        raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        if format_ is not None:
+            raise typer.BadParameter(
+                f"must be one of {', '.join(FORMATS)}, got {fmt!r}", param_hint="--format"
+            )
+        raise typer.BadParameter(
+            f"{out}: unknown suffix {out.suffix or '(none)'!r}; name it .npy, .npz, .safetensors or .jsonl, "
+            "or choose the format with --format",
+            param_hint="--out",
+        )
+    known = out.suffix.lstrip(".")
+    if known in FORMATS and known != fmt:
+        raise typer.BadParameter(f"--format {fmt} does not fit {out} (a .{known} file); make them agree",
+                                 param_hint="--out")  # fmt: skip
     if pool not in ("auto", "mean", "token0", "none"):
         raise typer.BadParameter(f"--pool must be auto, mean, token0 or none, got {pool!r}")
     paths, out, unlisted = gather_inputs(inputs, shard, out)
-    # What an earlier run finished, read before anything is opened for writing (a JSON Lines journal is
-    # rewritten from the start), and the model loaded before a fresh journal appears (a model that fails
-    # to load leaves nothing behind).
-    previous = finished_records(out) if fmt == "jsonl" and resume else {}
-    settings = dict(model=str(model), revision=revision, pool=pool, dtype=dtype, frames=frames, stride=stride,
-                    sampling=sampling, clips=clips, crops=crops)  # fmt: skip
-    resumed = EmbeddingWriter(out, fmt, resume=True, settings=settings) if fmt != "jsonl" and resume else None
-    done = resumed.done() if resumed is not None else set(previous)
-    todo = [p for p in paths if p not in done]
     opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
-    _, engine = load_model(model, revision, pool, opts) if todo else (None, None)
-    provenance = RunProvenance.of(engine, model) if todo and fmt == "jsonl" else None
-    if resumed is not None:
-        writer = resumed
-    elif fmt == "jsonl":
-        writer = RecordWriter(out, "jsonl", done=previous)
-    else:
-        writer = EmbeddingWriter(out, fmt, settings=settings)
-    results = engine.run(todo) if todo else iter(())
-    failures = unlisted  # folders that could not be listed: inputs that failed
-    with progress(len(todo), quiet, "embed") as advance:
-        for path in paths:
-            if path in done:
-                if fmt == "jsonl":
-                    writer.write(previous[path])
-                continue
-            result = next(results)
-            advance()
-            if not result.ok:
-                failures += 1
-                report_error(error_record(path, result.error))
-            if fmt == "jsonl":
-                writer.write({"path": path, "ok": True, "embedding": embedding(result).tolist(),
-                              **provenance.record_fields(result.clips)}
-                             if result.ok else {**error_record(path, result.error), "provenance": provenance.run})  # fmt: skip
-            else:
-                writer.write(path, embedding(result) if result.ok else None, result.error)
-    if fmt == "jsonl":
-        writer.close()
-    else:
-        rows, failed = writer.close(paths)
-        print(
-            f"wrote {rows} vector(s) to {out}" + (f"; {failed} input(s) failed" if failed else ""),
-            file=sys.stderr,
+    settings = run_settings(model, revision, opts, pool=pool)
+    files = RecordWriter.files(out) if fmt == "jsonl" else EmbeddingWriter.files(out)
+    with claimed(out, files, paths, force):
+        # What an earlier run finished, read before anything is opened for writing (a JSON Lines journal is
+        # rewritten from the start), and the model loaded before a fresh journal appears (a model that fails
+        # to load leaves nothing behind).
+        if fmt == "jsonl" and resume:
+            check_settings(journal_settings(out), settings, partial_path(out))
+        previous = finished_records(out) if fmt == "jsonl" and resume else {}
+        resumed = (
+            EmbeddingWriter(out, fmt, resume=True, settings=settings) if fmt != "jsonl" and resume else None
         )
+        done = resumed.done() if resumed is not None else set(previous)
+        todo = [p for p in paths if p not in done]
+        _, engine = load_model(model, revision, pool, opts) if todo else (None, None)
+        provenance = RunProvenance.of(engine, model) if todo and fmt == "jsonl" else None
+        if resumed is not None:
+            writer = resumed
+        elif fmt == "jsonl":
+            writer = RecordWriter(out, "jsonl", done=previous, settings=settings)
+        else:
+            writer = EmbeddingWriter(out, fmt, settings=settings)
+        results = checked_results(engine.run(todo) if todo else iter(()), engine)
+        failures = unlisted  # folders that could not be listed: inputs that failed
+        try:
+            with progress(len(todo), quiet, "embed") as advance:
+                for path in paths:
+                    if path in done:
+                        if fmt == "jsonl":
+                            writer.write(previous[path])
+                        continue
+                    result = next(results)
+                    advance()
+                    if not result.ok:
+                        failures += 1
+                        report_error(error_record(path, result.error))
+                    if fmt == "jsonl":
+                        writer.write({"path": path, "ok": True, "embedding": embedding(result).tolist(),
+                                      **provenance.record_fields(result.clips)}
+                                     if result.ok else {**error_record(path, result.error),
+                                                        "provenance": provenance.run})  # fmt: skip
+                    else:
+                        writer.write(path, embedding(result) if result.ok else None, result.error)
+        except KeyboardInterrupt:
+            results.close()  # stops the decoding workers before this process goes
+            writer.suspend()
+            raise interrupted(out, writer.kept, len(paths), partial_path(out), "-" in inputs) from None
+        if fmt == "jsonl":
+            writer.close()
+        else:
+            rows, failed = writer.close(paths)
+            print(
+                f"wrote {rows} vector(s) to {out}" + (f"; {failed} input(s) failed" if failed else ""),
+                file=sys.stderr,
+            )
     return exit_code(failures)

@@ -27,6 +27,10 @@ OutOpt = Annotated[
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="With --out: skip inputs the output already holds; keep what it has.")
 ]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Replace an existing --out file that vmae did not write (never an input)."),
+]
 ShardOpt = Annotated[
     str | None,
     typer.Option("--shard", help="Process shard i of n (e.g. 0/4); default: torchrun's RANK/WORLD_SIZE.",

@@ -1,0 +1,361 @@
+"""What runs write, under attack and faults: outputs never destroy inputs or foreign files, never hold
+NaN, never mix two runs, and an interrupt says how to continue. Real videos, real label sets, real processes
+where the behaviour is about the process (signals, locks, crashes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import REPO, vmae_in_process
+from .models import TINY_PREPROCESSOR, tiny_classifier
+from .videos import write_video
+
+LABELS = Path(__file__).resolve().parents[1] / "src" / "vmae_cli" / "labels"
+vmae = vmae_in_process
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as JavaScript, jq and other strict parsers do."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def strict_lines(text: str) -> list:
+    return [strict_json(line) for line in text.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def k400(tmp_path_factory):
+    """A tiny classifier with the real Kinetics-400 label set."""
+    labels = json.loads((LABELS / "k400.json").read_text())
+    labels = list(labels.values()) if isinstance(labels, dict) else labels
+    return tiny_classifier(tmp_path_factory.mktemp("k400"), labels=tuple(labels))
+
+
+@pytest.fixture(scope="module")
+def ssv2(tmp_path_factory):
+    labels = json.loads((LABELS / "ssv2.json").read_text())
+    labels = list(labels.values()) if isinstance(labels, dict) else labels
+    return tiny_classifier(tmp_path_factory.mktemp("ssv2"), labels=tuple(labels))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    for k in range(3):
+        write_video(root / f"c{k}.mp4", 40 + 10 * k, size=(64, 48), gop=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, clips):
+    """20 inputs (hard links of one clip): a run long enough to interrupt or to collide with."""
+    root = tmp_path_factory.mktemp("many")
+    for k in range(20):
+        os.link(clips / "c0.mp4", root / f"clip{k:03d}.mp4")
+    return root
+
+
+def _video_copy(clips, tmp_path) -> Path:
+    video = tmp_path / "x.mp4"
+    video.write_bytes((clips / "c1.mp4").read_bytes())
+    return video
+
+
+# ---- --out never destroys an input or a file vmae did not write -----------------------------------------------
+@pytest.mark.parametrize(
+    "make_out, extra",
+    [
+        (lambda v: v, ["--jsonl"]),  # the very path
+        (lambda v: v, ["--json"]),
+        (lambda v: Path(os.path.relpath(v.parent)) / "." / v.name, ["--jsonl"]),  # ./x.mp4 against x.mp4
+        (lambda v: _link(v, "hard.json", os.link), []),  # a hard link: the same inode
+        (lambda v: _link(v, "soft.json", os.symlink), []),  # a symbolic link to the input
+    ],
+    ids=["same-path", "same-path-json", "relative-dot", "hard-link", "symlink"],
+)
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+def test_classify_out_naming_an_input_is_refused(capsys, clips, k400, tmp_path, make_out, extra, force):
+    video = _video_copy(clips, tmp_path)
+    before = video.read_bytes()
+    out = make_out(video)
+    code, stdout, err = vmae(capsys, "classify", video, "--model", k400, "--out", out, *extra,
+                             *(["--force"] if force else []))  # fmt: skip
+    assert code == 2 and "is the input" in err and err.count("\n") == 1, err
+    assert video.read_bytes() == before and stdout == ""
+
+
+def _link(video: Path, name: str, how) -> Path:
+    link = video.with_name(name)
+    how(video, link)
+    return link
+
+
+def test_embed_out_naming_an_input_is_refused(capsys, clips, k400, tmp_path):
+    video = _video_copy(clips, tmp_path)
+    before = video.read_bytes()
+    for args in (["--format", "npy", "--out", video], ["--format", "npy", "--out", video, "--force"]):
+        code, _, err = vmae(capsys, "embed", video, "--model", k400, *args)
+        assert code == 2 and "is the input" in err, err
+    # a companion file (X.paths.txt) that is an input: an input named like the index of --out
+    index = tmp_path / "feats.paths.txt"
+    os.link(video, index)
+    code, _, err = vmae(capsys, "embed", index, "--model", k400, "--out", tmp_path / "feats.npy")
+    assert code == 2 and "is the input" in err, err
+    assert video.read_bytes() == before and not (tmp_path / "feats.npy").exists()
+
+
+def test_a_file_vmae_did_not_write_needs_force_and_its_own_outputs_do_not(capsys, clips, k400, tmp_path):
+    video = str(clips / "c0.mp4")
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes, not a vmae output\n")
+    code, _, err = vmae(capsys, "classify", video, "--model", k400, "--out", notes)
+    assert code == 2 and "vmae did not write" in err and "--force" in err
+    assert notes.read_text() == "my notes, not a vmae output\n"
+    code, _, _ = vmae(capsys, "classify", video, "--model", k400, "--out", notes, "--force")
+    assert code == 0 and strict_json(notes.read_text())[0]["path"] == video
+    # a vmae output (and an empty file) is replaced without --force
+    assert vmae(capsys, "classify", video, "--model", k400, "--out", notes)[0] == 0
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert vmae(capsys, "classify", video, "--model", k400, "--out", empty)[0] == 0
+    # embed: a user's .npy without vmae's index beside it, a foreign journal folder, a binary index
+    mine = tmp_path / "mine.npy"
+    np.save(mine, np.ones((2, 3), np.float32))
+    code, _, err = vmae(capsys, "embed", video, "--model", k400, "--out", mine)
+    assert code == 2 and "vmae did not write" in err and np.load(mine).shape == (2, 3)
+    (tmp_path / "feats.npy.partial").mkdir()
+    (tmp_path / "feats.npy.partial" / "thesis.tex").write_text("years of work")
+    code, _, err = vmae(capsys, "embed", video, "--model", k400, "--out", tmp_path / "feats.npy")
+    assert code == 2 and "feats.npy.partial exists and is a folder" in err
+    assert (tmp_path / "feats.npy.partial" / "thesis.tex").exists()
+    (tmp_path / "e.paths.txt").write_bytes(b"\x00\x01binary")
+    code, _, err = vmae(capsys, "embed", video, "--model", k400, "--out", tmp_path / "e.npy")
+    assert code == 2 and "e.paths.txt exists" in err
+    for fmt in ("npy", "npz", "safetensors", "jsonl"):  # each of embed's own outputs is replaced
+        out = tmp_path / f"own.{fmt}"
+        assert vmae(capsys, "embed", video, "--model", k400, "--out", out)[0] == 0
+        code, _, err = vmae(capsys, "embed", video, "--model", k400, "--out", out)
+        assert code == 0, err
+
+
+# ---- embed's format ---------------------------------------------------------------------------------------------
+def test_embed_unknown_suffix_is_a_usage_error(capsys, clips, k400, tmp_path):
+    video = clips / "c0.mp4"
+    for out in ("x.csv", "x"):
+        code, _, err = vmae(capsys, "embed", video, "--model", k400, "--out", tmp_path / out)
+        assert code == 2 and ".npy, .npz, .safetensors or .jsonl" in err and "--format" in err, err
+    code, _, err = vmae(
+        capsys, "embed", video, "--model", k400, "--out", tmp_path / "x.npz", "--format", "npy"
+    )
+    assert code == 2 and "does not fit" in err
+    assert sorted(os.listdir(tmp_path)) == []
+    code, _, _ = vmae(capsys, "embed", video, "--model", k400, "--out", tmp_path / "x.bin", "--format", "npy")
+    assert code == 0 and np.load(tmp_path / "x.bin").shape == (1, 64)  # --format names the format
+
+
+# ---- non-finite outputs ------------------------------------------------------------------------------------------
+def _poisoned(folder: Path, base: Path, how: str) -> Path:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(base, folder)
+    if how == "image_std":
+        pre = {**TINY_PREPROCESSOR, "image_std": [0.0, 0.0, 0.0]}
+        (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    elif how == "weights":
+        weights = load_file(folder / "model.safetensors")
+        name = next(k for k in weights if "attention.output.dense.weight" in k)
+        weights[name][0, 0] = float("nan")
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    else:  # a NaN layer_norm_eps (Python's json reads and writes NaN)
+        config = json.loads((folder / "config.json").read_text())
+        config["layer_norm_eps"] = float("nan")
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "how, named",
+    [("image_std", "image_std"), ("weights", "weight tensors"), ("layer_norm_eps", "layer_norm_eps")],
+)
+def test_a_model_that_produces_nan_gives_error_records_and_strict_json(
+    capsys, clips, k400, tmp_path, how, named
+):
+    model = _poisoned(tmp_path / "model", k400, how)
+    videos = [str(clips / "c0.mp4"), str(clips / "c1.mp4")]
+    code, out, err = vmae(capsys, "classify", *videos, "--model", model, "--jsonl")
+    assert code in (1, 2) and named in err and "Traceback" not in err, err
+    if code == 1:  # the model loads: every input is an error record that names the cause
+        records = strict_lines(out)
+        assert [r["path"] for r in records] == videos and not any(r["ok"] for r in records)
+        assert all("NaN" in r["error"]["message"] and named in r["error"]["message"] for r in records)
+    code, out, err = vmae(capsys, "classify", *videos, "--model", model, "--json")
+    assert code in (1, 2) and (code == 2 or len(strict_json(out)) == 2)
+    feats = tmp_path / "feats.jsonl"
+    code, _, err = vmae(capsys, "embed", *videos, "--model", model, "--out", feats)
+    assert code in (1, 2) and named in err
+    if code == 1:
+        assert [r["ok"] for r in strict_lines(feats.read_text())] == [False, False]
+    code, _, err = vmae(capsys, "embed", *videos, "--model", model, "--out", tmp_path / "feats.npy")
+    if code == 1:
+        assert len(np.load(tmp_path / "feats.npy")) == 0
+        assert len(strict_lines((tmp_path / "feats.errors.jsonl").read_text())) == 2
+
+
+def test_json_writer_refuses_non_finite_numbers_naming_where():
+    from vmae_cli.errors import VmaeError
+    from vmae_cli.output import dumps
+
+    assert strict_json(dumps({"a": [1.0, 2.5]})) == {"a": [1.0, 2.5]}
+    with pytest.raises(VmaeError, match=r"predictions\[0\]\.score is nan"):
+        dumps({"predictions": [{"score": float("nan")}]})
+
+
+# ---- one run per output -----------------------------------------------------------------------------------------
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vmae_cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for(check, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def _records(journal: Path) -> int:
+    try:
+        return journal.read_text().count('"path"')
+    except OSError:
+        return 0
+
+
+@pytest.mark.parametrize("command", ["classify", "embed"])
+def test_a_second_run_with_the_same_out_is_refused_and_the_first_is_intact(
+    capsys, many, k400, tmp_path, command
+):
+    out = tmp_path / ("preds.jsonl" if command == "classify" else "feats.jsonl")
+    args = [
+        command,
+        str(many),
+        "--model",
+        str(k400),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+    ]
+    first = _start(*args)
+    _wait_for(lambda: _records(out.with_name(out.name + ".partial")) >= 2, first)
+    code, _, err = vmae(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and str(out) in err and f"pid {first.pid}" in err, err
+    _, first_err = first.communicate(timeout=120)
+    assert first.returncode == 0, first_err
+    assert [r["path"] for r in strict_lines(out.read_text())] == sorted(str(p) for p in many.iterdir())
+
+
+def test_the_lock_goes_with_a_killed_run(capsys, many, k400, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    args = [
+        "classify",
+        str(many),
+        "--model",
+        str(k400),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--workers",
+        "1",
+    ]
+    victim = _start(*args)
+    _wait_for(lambda: _records(out.with_name(out.name + ".partial")) >= 2, victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    code, _, err = vmae(capsys, *args, "--resume")
+    assert code == 0, err
+    assert len(strict_lines(out.read_text())) == 20
+
+
+# ---- Ctrl-C, and --resume with the same settings only -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, many, k400):
+    """A classify run with the paper's K400 protocol (5 clips x 3 crops) stopped by Ctrl-C (SIGINT to its
+    process group, as a terminal sends it) after a few inputs: (its stderr, its exit code, the folder)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    out = root / "preds.jsonl"
+    # --sampling window: the K400 protocol, said explicitly until label sets decide sampling reliably
+    args = ["classify", *sorted(str(p) for p in many.iterdir())[:10], "--model", str(k400), "--out", str(out),
+            "--clips", "5", "--crops", "3", "--sampling", "window", "--batch-size", "4", "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "vmae_cli", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    _wait_for(lambda: _records(root / "preds.jsonl.partial") >= 3, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return err, proc.returncode, root
+
+
+def _copy_run(root: Path, tmp_path: Path) -> Path:
+    journal = root / "preds.jsonl.partial"
+    (tmp_path / journal.name).write_bytes(journal.read_bytes())
+    return tmp_path / "preds.jsonl"
+
+
+def test_ctrl_c_says_what_was_kept_and_the_command_that_continues(interrupted, many, k400, tmp_path):
+    err, code, root = interrupted
+    assert code == 130 and err.count("\n") == 1 and "Traceback" not in err, err
+    kept = len(strict_lines((root / "preds.jsonl.partial").read_text())) - 1  # the first line: its settings
+    assert f"{kept} of 10 input(s) done and kept in {root / 'preds.jsonl.partial'}" in err
+    command = shlex.split(err.split("continue with: ")[1])
+    assert command[0] == "vmae" and command[-1] == "--resume"
+    out = _copy_run(root, tmp_path)
+    command[command.index("--out") + 1] = str(out)
+    done = subprocess.run([sys.executable, "-m", "vmae_cli", *command[1:]], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = strict_lines(out.read_text())
+    assert [r["path"] for r in records] == sorted(str(p) for p in many.iterdir())[:10]
+    assert {r["views"] for r in records} == {15}  # every record made with the same protocol
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (["--model", "SSV2"], "model"),
+        (["--clips", "2"], "clips 5 (now 2)"),
+        (["--crops", "1"], "crops 3 (now 1)"),
+        (["-k", "3"], "top_k 5 (now 3)"),
+    ],
+)
+def test_classify_resume_refuses_another_model_or_protocol(capsys, interrupted, many, k400, ssv2, tmp_path,
+                                                          change, named):  # fmt: skip
+    out = _copy_run(interrupted[2], tmp_path)
+    journal = out.with_name(out.name + ".partial").read_text()
+    args = {"--model": str(k400), "--clips": "5", "--crops": "3", "--sampling": "window"}
+    for flag, value in zip(change[::2], change[1::2], strict=True):
+        args[flag] = str(ssv2) if value == "SSV2" else value
+    paths = sorted(str(p) for p in many.iterdir())[:10]
+    code, _, err = vmae(
+        capsys, "classify", *paths, "--out", out, "--resume", *[x for kv in args.items() for x in kv]
+    )
+    assert code == 2 and named in err and "--resume continues" in err and err.count("\n") == 1, err
+    assert out.with_name(out.name + ".partial").read_text() == journal and not out.exists()
