@@ -247,16 +247,13 @@ def _records(journal: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("command", ["classify", "embed"])
-def test_a_second_run_with_the_same_out_is_refused_and_the_first_is_intact(
-    capsys, many, k400, tmp_path, command
-):
-    out = tmp_path / ("preds.jsonl" if command == "classify" else "feats.jsonl")
+def _started(command: str, many: Path, model: Path, out: Path) -> tuple[subprocess.Popen, list[str]]:
+    """A run over `many` in a child process, once its journal holds two records: (the process, its args)."""
     args = [
         command,
         str(many),
         "--model",
-        str(k400),
+        str(model),
         "--out",
         str(out),
         "--batch-size",
@@ -264,8 +261,17 @@ def test_a_second_run_with_the_same_out_is_refused_and_the_first_is_intact(
         "--workers",
         "1",
     ]
-    first = _start(*args)
-    _wait_for(lambda: _records(out.with_name(out.name + ".partial")) >= 2, first)
+    proc = _start(*args)
+    _wait_for(lambda: _records(out.with_name(out.name + ".partial")) >= 2, proc)
+    return proc, args
+
+
+@pytest.mark.parametrize("command", ["classify", "embed"])
+def test_a_second_run_with_the_same_out_is_refused_and_the_first_is_intact(
+    capsys, many, k400, tmp_path, command
+):
+    out = tmp_path / ("preds.jsonl" if command == "classify" else "feats.jsonl")
+    first, args = _started(command, many, k400, out)
     code, _, err = vmae(capsys, *args)
     assert code == 2 and err.count("\n") == 1 and str(out) in err and f"pid {first.pid}" in err, err
     _, first_err = first.communicate(timeout=120)
@@ -275,20 +281,7 @@ def test_a_second_run_with_the_same_out_is_refused_and_the_first_is_intact(
 
 def test_the_lock_goes_with_a_killed_run(capsys, many, k400, tmp_path):
     out = tmp_path / "preds.jsonl"
-    args = [
-        "classify",
-        str(many),
-        "--model",
-        str(k400),
-        "--out",
-        str(out),
-        "--batch-size",
-        "1",
-        "--workers",
-        "1",
-    ]
-    victim = _start(*args)
-    _wait_for(lambda: _records(out.with_name(out.name + ".partial")) >= 2, victim)
+    victim, args = _started("classify", many, k400, out)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     code, _, err = vmae(capsys, *args, "--resume")
