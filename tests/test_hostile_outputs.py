@@ -215,6 +215,15 @@ def test_a_model_that_produces_nan_gives_error_records_and_strict_json(
     if code == 1:
         assert len(np.load(tmp_path / "feats.npy")) == 0
         assert len(strict_lines((tmp_path / "feats.errors.jsonl").read_text())) == 2
+    labelled = tmp_path / "labelled"
+    for label, video in zip(("abseiling", "air drumming"), videos, strict=True):
+        (labelled / label).mkdir(parents=True)
+        os.link(video, labelled / label / "clip.mp4")
+    code, out, err = vmae(capsys, "evaluate", labelled, "--model", model, "--json")
+    assert code in (1, 2) and named in err
+    if code == 1:  # both videos are failed inputs, not predictions of NaN scores
+        result = strict_json(out)
+        assert result["count"] == 0 and len(result["failed"]) == 2
 
 
 def test_json_writer_refuses_non_finite_numbers_naming_where():
@@ -352,3 +361,146 @@ def test_classify_resume_refuses_another_model_or_protocol(capsys, interrupted, 
     )
     assert code == 2 and named in err and "--resume continues" in err and err.count("\n") == 1, err
     assert out.with_name(out.name + ".partial").read_text() == journal and not out.exists()
+
+
+# ---- training run folders: the same command resumes, a lock, a full disk ----------------------------------------
+TRAIN = ["--model-config", "tiny", "--config", "tiny", "--workers", "0", "--device", "cpu", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("footage")
+    for i in range(6):
+        write_video(root / f"v{i}.mp4", 20 + 3 * i, size=(48, 40), gop=6)
+    return root
+
+
+def _pretrain(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vmae_cli", "pretrain", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **kw)  # fmt: skip
+
+
+def _losses(run: Path) -> list[tuple]:
+    lines = strict_lines((run / "metrics.jsonl").read_text())
+    return [(m["step"], m["loss"], m["lr"]) for m in lines]
+
+
+def test_pretrain_the_same_command_with_resume_continues_and_a_change_is_refused(capsys, footage, tmp_path):
+    """Run with flags, SIGTERM, the exact same argv + --resume: the losses of the uninterrupted run. A flag
+    that changes what the run learns is refused (naming it) and config.toml stays as it was."""
+    args = [str(footage), *TRAIN, "--batch-size", "2", "--max-steps", "12", "--save-every", "4", "--seed", "3",
+            "--lr", "0.003", "--set", "run.log_every=1"]  # fmt: skip
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    full = _pretrain(*args, "--out", str(whole))
+    victim = _pretrain(*args, "--out", str(cut), env={"VMAE_STEP_DELAY": "0.3"})
+    deadline = time.monotonic() + 120
+    while not (cut / "checkpoints" / "step-4").exists():
+        assert victim.poll() is None and time.monotonic() < deadline, victim.communicate()
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGTERM)
+    _, err = victim.communicate(timeout=120)
+    assert victim.returncode == 130 and "the same command and --resume" in err, err
+    config = (cut / "config.toml").read_text()
+    for change, named in (
+        (["--batch-size", "4"], "optim.batch_size = 2 (this command: 4)"),
+        (["--lr", "0.01"], "optim.lr = 0.003 (this command: 0.01)"),
+        (["--config", "small"], "--resume continues"),  # another recipe: what it says differently is named
+    ):
+        argv = [*args, *change] if change[0] != "--config" else [*args[:3], "--config", "small", *args[5:]]
+        code, _, err = vmae(capsys, "pretrain", *argv, "--out", cut, "--resume")
+        assert code == 2 and named in err and err.count("\n") == 1, (change, err)
+        assert (cut / "config.toml").read_text() == config
+    resumed = _pretrain(*args, "--out", str(cut), "--resume", "--keep", "5")  # --keep may change
+    assert resumed.wait(timeout=180) == 0, resumed.communicate()
+    assert full.wait(timeout=180) == 0, full.communicate()
+    assert _losses(cut) == _losses(whole) and len(_losses(whole)) == 12
+    assert "keep = 5" in (cut / "config.toml").read_text()
+
+
+def test_finetune_the_same_command_with_resume_is_accepted_and_a_change_is_refused(capsys, footage, tmp_path):
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for k in range(2):
+            os.link(footage / f"v{k}.mp4", data / label / f"{k}.mp4")
+    tiny_classifier(tmp_path / "init", labels=("a", "b"))
+    args = ["finetune", data, "--model", tmp_path / "init", "--config", "tiny", "--out", tmp_path / "run",
+            "--batch-size", "2", "--max-steps", "2", "--workers", "0", "--device", "cpu", "--dtype", "fp32"]  # fmt: skip
+    assert vmae(capsys, *args)[0] == 0
+    code, _, err = vmae(capsys, *args, "--resume")
+    assert code == 0, err
+    code, _, err = vmae(capsys, *args, "--resume", "--batch-size", "4")
+    assert code == 2 and "optim.batch_size = 2 (this command: 4)" in err, err
+
+
+def test_a_second_training_run_with_the_same_out_is_refused(capsys, footage, tmp_path):
+    run = tmp_path / "run"
+    args = [str(footage), *TRAIN, "--max-steps", "400", "--out", str(run)]
+    first = _pretrain(*args, env={"VMAE_STEP_DELAY": "0.05"})
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    metrics = (run / "metrics.jsonl").read_text()
+    for extra in ([], ["--resume"]):
+        code, _, err = vmae(capsys, "pretrain", *args, *extra)
+        assert code == 2 and f"pid {first.pid}" in err and str(run) in err and err.count("\n") == 1, err
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 130
+    assert (run / "metrics.jsonl").read_text().startswith(metrics)
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def _small_disk(path: Path) -> bool:
+    """Mount a 1 MB tmpfs at `path` (root only); False where that is not possible."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("fault", ["file-size-limit", "full-disk"])
+def test_no_room_for_a_checkpoint_is_one_line_and_leaves_no_temporary(footage, tmp_path, fault):
+    args = [str(footage), *TRAIN, "--max-steps", "4", "--save-every", "2"]
+    if fault == "full-disk":
+        small = tmp_path / "small"
+        if not _small_disk(small):
+            pytest.skip("mounting a tmpfs needs root")
+        run, kw = small / "run", {}
+    else:
+        run, kw = tmp_path / "run", {"preexec_fn": _limit_file_size(200_000)}
+    try:
+        proc = _pretrain(*args, "--out", str(run), **kw)
+        _, err = proc.communicate(timeout=180)
+        leftovers = sorted(p.name for p in (run / "checkpoints").iterdir())
+    finally:
+        if fault == "full-disk":
+            subprocess.run(["umount", str(small)], check=True)
+    assert proc.returncode == 1 and err.count("\n") == 1 and "internal error" not in err, err
+    assert str(run / "checkpoints" / "step-2") in err and "needs about 1." in err and "MB" in err, err
+    assert (
+        ("no space left on the device" in err and " free" in err)
+        if fault == "full-disk"
+        else ("ulimit -f" in err)
+    )
+    assert "--resume" in err and leftovers == []  # no .step-2.tmp left behind
+
+
+def test_metrics_count_non_finite_gradient_norms_instead_of_writing_them():
+    """An fp16 step that the gradient scaler skips has an infinite norm: metrics.jsonl stays strict JSON."""
+    from vmae_cli.output import dumps
+    from vmae_cli.training import _Window
+
+    window = _Window()
+    window.add(0.5, 2, 1.5)
+    window.add(0.4, 2, float("inf"))
+    record = strict_json(dumps(window.flush()))
+    assert record["grad_norm"] == 1.5 and record["nonfinite_grad_norms"] == 1

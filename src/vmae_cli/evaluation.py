@@ -221,14 +221,14 @@ def evaluate_set(engine, data: LabelledSet, problem_type: str | None = None, adv
     """
     import itertools
 
-    from .predict import scores
+    from .predict import checked_results, scores
 
     acc = Accuracy.empty(data.id2label)
     if in_process:
         results = itertools.chain.from_iterable(engine.run([p]) for p in data.paths)
     else:
         results = engine.run(data.paths)
-    for result, label in zip(results, data.labels, strict=True):
+    for result, label in zip(checked_results(results, engine), data.labels, strict=True):
         if result.ok:
             acc.add(scores(result.outputs, problem_type).numpy(), label)
             acc.views = int(result.outputs.shape[0])

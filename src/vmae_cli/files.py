@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, VmaeError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -42,6 +45,70 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# ---- out of space -----------------------------------------------------------------------------------------
+class NoSpaceError(VmaeError):
+    """A write failed for lack of room: the device is full, a quota or the process's file size limit is hit."""
+
+
+def no_space_error(
+    error: BaseException, path: str | Path, needed: int, advice: str = "try again"
+) -> NoSpaceError | None:
+    """The one-line error for a write of about `needed` bytes under `path` that failed for lack of room, or
+    None when `error` has another cause. Call it after removing what the failed write left, so the free space
+    it reports is what the next try would have. Writers report the cause differently: OSError has an errno,
+    safetensors says "(os error 28)", torch.save only that its writer stopped; then the space tells."""
+    code = getattr(error, "errno", None)
+    if code is None and (found := re.search(r"os error (\d+)", str(error))):
+        code = int(found.group(1))
+    if code is not None and code not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return None
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    limit = _file_size_limit()
+    if code == errno.EFBIG or (code is None and limit is not None and limit < needed):
+        return NoSpaceError(
+            f"cannot write {path}: a file would pass this process's file size limit (ulimit -f: "
+            f"{_size(limit or 0)}); it needs about {_size(needed)}: raise the limit, then {advice}"
+        )
+    if code is None and free >= needed:
+        return None
+    return NoSpaceError(
+        f"no space left on the device of {path}: it needs about {_size(needed)}, {_size(free)} free"
+        f"{' (or a disk quota is reached)' if code == errno.EDQUOT else ''}; free some space, then {advice}"
+    )
+
+
+@contextlib.contextmanager
+def no_space_reported(path: str | Path, needed: int, advice: str = "try again") -> Iterator[None]:
+    """Turn a write under `path` that fails for lack of room into `no_space_error`'s one line."""
+    try:
+        yield
+    except Exception as e:
+        full = no_space_error(e, path, needed, advice)
+        if full is not None:
+            raise full from e
+        raise
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
 
 
 # ---- one run per output ------------------------------------------------------------------------------------

@@ -85,9 +85,10 @@ def error_record(path: str, error: BaseException) -> dict:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Complete JSON lines of a file; a last line cut short by a kill is ignored."""
+    """Complete JSON lines of a file; a last line cut short by a kill is ignored (and so is anything after a
+    line that is not JSON: a binary file gives no records rather than an error)."""
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 records.append(json.loads(line))
@@ -115,7 +116,7 @@ def finished_records(out: Path) -> dict[str, dict]:
 def _finished_records(out: Path) -> dict[str, dict]:
     found: list[dict] = []
     if out.is_file():
-        text = out.read_text(encoding="utf-8").strip()
+        text = out.read_text(encoding="utf-8", errors="replace").strip()
         if text.startswith("["):
             try:
                 found.extend(json.loads(text))

@@ -290,44 +290,67 @@ def recipe_for_model(model: str, kind: str) -> str:
     return "base"
 
 
+# What a resumed run may change: where and how the loop runs, never what it learns (see RunRecipe).
+RESUMABLE_CHANGES = ("run.device", "run.workers", "run.save_every", "run.keep", "run.log_every",
+                     "run.preview_every", "run.compile", "run.gradient_checkpointing", "data.decode_threads")  # fmt: skip
+
+
+def get_value(recipe: Any, key: str) -> Any:
+    """The value of `section.key` in a recipe."""
+    for part in key.split("."):
+        recipe = getattr(recipe, part)
+    return recipe
+
+
 def resolve_run_recipe(
     cls, kind: str, out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
 ):
-    """The recipe of a training run: defaults < recipe file (or RUN/config.toml when resuming) < --set < flags.
+    """The recipe of a training run: defaults < recipe file < --set < flags.
 
     kind: "pretrain" or "finetune" (the folder of configs/ to look in). Without --config, the recipe that fits the
     model's size (`recipe_for_model`); without a model either, "base".
+
+    Resuming a run that has RUN/config.toml continues that recipe, and the same command that started the run
+    continues it: what the command says (the whole --config recipe, each --set and flag) must equal the
+    stored value, except RESUMABLE_CHANGES, which it may change. Anything else is refused, naming the
+    difference, so that a resumed run never learns differently from the run it continues.
     """
     from .errors import UsageError
     from .training import RunFolder
 
     run = RunFolder(out)
-    if resume and run.config.is_file():
-        if config is not None:
-            raise UsageError(
-                f"--resume continues {run.config}; --config cannot change it (use --set for a key)"
-            )
-        path = run.config
-    elif not resume and run.has_run():
+    if not resume and run.has_run():
         raise UsageError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
+    resumed = resume and run.config.is_file()
+    if resumed and config is None:
+        path = run.config
     else:
         name = config
         if name is None:
             model = flags.get("model") or flags.get("init")
             name = recipe_for_model(model, kind) if model else "base"
         path = recipe_path(name, kind)
-    before = load_recipe(cls, path) if path == run.config else None  # what the run's checkpoints hold
-    saved = {k: getattr(before, k, None) for k in ("model", "init")} if before is not None else {}
     recipe = load_recipe(cls, path, sets)
     for key, value in flags.items():
         try:
             set_value(recipe, key, toml_value(value))
         except RecipeError as e:
             raise UsageError(str(e).replace("--set ", "--")) from None
-    for key, old in saved.items():  # the checkpoints hold this model: another one cannot load them
-        if getattr(recipe, key, None) != old:
-            raise UsageError(
-                f"--resume continues {run.config}, which trains {key} = {old!r}; it cannot change to "
-                f"{getattr(recipe, key, None)!r} (drop the flag, or choose another --out)"
-            )
-    return recipe
+    if not resumed:
+        return recipe
+    stored = load_recipe(cls, run.config)
+    said = set(_keys(recipe)) if config is not None else {_split_override(s)[0] for s in sets} | set(flags)
+    changed = [
+        k for k in sorted(said - set(RESUMABLE_CHANGES)) if get_value(recipe, k) != get_value(stored, k)
+    ]
+    if changed:
+        diff = ", ".join(
+            f"{k} = {get_value(stored, k)!r} (this command: {get_value(recipe, k)!r})" for k in changed
+        )
+        raise UsageError(
+            f"--resume continues {run.config}, which has {diff}; a resumed run cannot change what it learns: "
+            "drop or fix the flag, or choose another --out"
+        )
+    for key in said & set(RESUMABLE_CHANGES):
+        set_value(stored, key, toml_value(get_value(recipe, key)))
+    return stored

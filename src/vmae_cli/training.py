@@ -30,6 +30,7 @@ from torch import nn
 
 from .errors import Interrupted, VmaeError
 from .files import atomic_write_text
+from .output import dumps
 
 log = logging.getLogger(__name__)
 
@@ -230,17 +231,29 @@ class RunFolder:
         found = self.list_checkpoints()
         return found[-1][1] if found else None
 
-    def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int) -> Path:
-        """`write(folder)` fills a temporary folder, which is then renamed to step-N; older ones beyond `keep` go."""
+    def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int, size: int = 0) -> Path:
+        """`write(folder)` fills a temporary folder, which is then renamed to step-N; older ones beyond `keep` go.
+
+        `size`: about how many bytes a checkpoint takes. A write that fails for lack of room leaves nothing
+        behind and says how much room the checkpoint needs (`no_space_error`)."""
+        from .files import no_space_reported
+
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         final = self.checkpoints / f"step-{step}"
         tmp = self.checkpoints / f".step-{step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        write(tmp)
-        for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        good = self.latest_checkpoint()
+        advice = "continue with the same command and --resume" + (f" (from {good.name})" if good else "")
+        with no_space_reported(final, size, advice):
+            tmp.mkdir()
+            try:
+                write(tmp)
+                for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # first: the room it took is free again
+                raise
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -258,7 +271,7 @@ class RunFolder:
     def append_metrics(self, record: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep the lines up to `last_step` (a resumed run re-logs what came after its checkpoint)."""
@@ -272,6 +285,21 @@ class RunFolder:
             except ValueError:  # a line cut short by a kill
                 continue
         atomic_write_text(self.metrics, "".join(line + "\n" for line in keep))
+
+
+def _checkpoint_bytes(state: Any, model: nn.Module) -> int:
+    """About the size of a checkpoint: the model's tensors and those of the trainer state (the optimizer's)."""
+
+    def tensor_bytes(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, dict):
+            return sum(tensor_bytes(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(tensor_bytes(v) for v in value)
+        return 0
+
+    return tensor_bytes(model.state_dict()) + tensor_bytes(state)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -375,7 +403,7 @@ class Trainer:
             "step": self.state.step,
             "samples": self.state.samples,
             "skipped": self.state.skipped,
-            "extra": json.dumps(self.state.extra),
+            "extra": dumps(self.state.extra),
             "world": self.dist.world,
         }
 
@@ -384,7 +412,18 @@ class Trainer:
             self.model.save_pretrained(folder)
             torch.save(state, folder / TRAINER_STATE)
 
-        return self.run.save_checkpoint(self.state.step, write, self.settings.keep)
+        return self.run.save_checkpoint(
+            self.state.step, write, self.settings.keep, _checkpoint_bytes(state, self.model)
+        )
+
+    def _save_model(self) -> None:
+        """The final model (RUN/model); no room for it is one line, as for a checkpoint."""
+        from .files import no_space_reported
+
+        good = self.run.latest_checkpoint()
+        advice = f"use {good}: the last checkpoint holds these weights, as a model folder"
+        with no_space_reported(self.run.model, _checkpoint_bytes({}, self.model), advice):
+            self.hooks.save_model(self.model, self.run.model)
 
     def _gather_skipped(self) -> None:
         if self.dist.enabled:
@@ -554,7 +593,7 @@ class Trainer:
         if s.preview_every and dist.is_main and self.hooks.preview and self.state.step % s.preview_every:
             self.hooks.preview(self.model, last_batch, self.state.step, self.run.previews)
         if dist.is_main and self.hooks.save_model is not None:
-            self.hooks.save_model(self.model, self.run.model)
+            self._save_model()
         return self.state
 
     def _log(self, window: _Window, lr: float, epoch: int) -> None:
@@ -573,14 +612,16 @@ class _Window:
     """Averages between two metrics lines, and the recent throughput."""
 
     def __init__(self):
-        self.loss, self.n, self.steps, self.norms = 0.0, 0, 0, []
+        self.loss, self.n, self.steps, self.norms, self.nonfinite = 0.0, 0, 0, [], 0
         self.t0, self.samples = time.perf_counter(), 0
         self.recent: list[tuple[float, int]] = []
 
     def add(self, loss: float, n: int, grad_norm: float | None) -> None:
         self.loss, self.n, self.steps = self.loss + loss, self.n + n, self.steps + 1
-        if grad_norm is not None:
+        if grad_norm is not None and math.isfinite(grad_norm):
             self.norms.append(grad_norm)
+        elif grad_norm is not None:  # an fp16 step the gradient scaler skips: counted (NaN is not JSON)
+            self.nonfinite += 1
         self.recent = (self.recent + [(time.perf_counter(), n)])[-20:]
 
     def rate(self) -> float:
@@ -597,7 +638,9 @@ class _Window:
         }
         if self.norms:
             out["grad_norm"] = sum(self.norms) / len(self.norms)
-        self.loss, self.n, self.steps, self.norms, self.t0 = 0.0, 0, 0, [], now
+        if self.nonfinite:
+            out["nonfinite_grad_norms"] = self.nonfinite
+        self.loss, self.n, self.steps, self.norms, self.nonfinite, self.t0 = 0.0, 0, 0, [], 0, now
         return out
 
 
@@ -621,20 +664,30 @@ def _progress(s: LoopSettings, start: int, is_main: bool):
         yield update
 
 
+def run_lock(root: Path, main: bool | None = None) -> contextlib.AbstractContextManager:
+    """The lock of a run folder (`exclusive_lock`), taken by the process that writes it: rank 0 (by default
+    from torchrun's RANK); the other ranks take none."""
+    from .files import exclusive_lock
+
+    main = int(os.environ.get("RANK", "0")) == 0 if main is None else main
+    return exclusive_lock(root) if main else contextlib.nullcontext()
+
+
 def fit_run(trainer: Trainer, run: RunFolder, dist: Dist, recipe_toml: str, resume: bool) -> TrainState:
     """Start or continue a run: write RUN/config.toml, resume from the latest checkpoint when asked, train,
     and list the unreadable inputs in RUN/skipped.txt. Shared by pre-training and fine-tuning."""
     from .files import atomic_write_text
 
-    latest = run.latest_checkpoint() if resume else None
-    if dist.is_main:
-        run.root.mkdir(parents=True, exist_ok=True)
-        run.clean_partial()
-        atomic_write_text(run.config, recipe_toml)
-    if latest is not None:
-        trainer.resume(latest)
-        log.info("resumed from %s", latest)
-    state = trainer.fit()
+    with run_lock(run.root, dist.is_main):
+        latest = run.latest_checkpoint() if resume else None
+        if dist.is_main:
+            run.root.mkdir(parents=True, exist_ok=True)
+            run.clean_partial()
+            atomic_write_text(run.config, recipe_toml)
+        if latest is not None:
+            trainer.resume(latest)
+            log.info("resumed from %s", latest)
+        state = trainer.fit()
     if dist.is_main and state.skipped:
         lines = "".join(f"{p}\t{reason}\n" for p, reason in sorted(state.skipped.items()))
         atomic_write_text(run.root / "skipped.txt", lines)

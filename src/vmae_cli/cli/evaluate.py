@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
@@ -66,6 +65,7 @@ def evaluate(
     Unreadable videos are listed on stderr and left out of the numbers (exit code 1).
     """
     from ..evaluation import evaluate_set, load_labelled
+    from ..output import dumps
     from ..predict import RunOptions, load_model
     from .batch import exit_code, progress
 
@@ -77,7 +77,7 @@ def evaluate(
     for path, message in acc.failed:
         print(f"error: {message}" if path in message else f"error: {path}: {message}", file=sys.stderr)
     if json_:
-        sys.stdout.write(json.dumps(acc.to_dict()) + "\n")
+        sys.stdout.write(dumps(acc.to_dict()) + "\n")
     else:
         _print(acc)
     return exit_code(len(acc.failed))

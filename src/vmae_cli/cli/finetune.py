@@ -133,6 +133,7 @@ def finetune(
     and `vmae evaluate`. Under `torchrun --nproc_per_node N` the same command trains with DDP.
     """
     from ..finetuning import resolve_recipe, run_finetuning
+    from ..training import run_lock
 
     flags = {
         "model": model, "optim.batch_size": batch_size, "optim.epochs": epochs, "optim.max_steps": max_steps,
@@ -140,10 +141,13 @@ def finetune(
         "run.device": device, "run.dtype": dtype, "run.workers": workers, "run.save_every": save_every,
         "run.keep": keep,
     }  # fmt: skip
-    recipe = resolve_recipe(
-        out, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None}, resume
-    )
-    state = run_finetuning(recipe, data, out, val=val, label_map=labels, resume=resume, progress=not quiet)
+    with run_lock(out):  # held from the first look at RUN: a second run with the same --out is refused
+        recipe = resolve_recipe(
+            out, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None}, resume
+        )
+        state = run_finetuning(
+            recipe, data, out, val=val, label_map=labels, resume=resume, progress=not quiet
+        )
     if state.skipped:
         print(
             f"skipped {len(state.skipped)} unreadable video(s) (listed in {out / 'skipped.txt'})",

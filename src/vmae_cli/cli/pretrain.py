@@ -140,6 +140,7 @@ def pretrain(
     Under `torchrun --nproc_per_node N` the same command trains with DDP; the lr follows the global batch.
     """
     from ..pretraining import resolve_recipe, run_pretraining
+    from ..training import run_lock
 
     flags = {
         "model": model_config, "init": init, "optim.batch_size": batch_size, "optim.epochs": epochs,
@@ -147,10 +148,11 @@ def pretrain(
         "run.seed": seed, "data.flip": False if no_flip else None, "run.device": device, "run.dtype": dtype,
         "run.workers": workers, "run.save_every": save_every, "run.keep": keep,
     }  # fmt: skip
-    recipe = resolve_recipe(
-        out, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None}, resume
-    )
-    state = run_pretraining(recipe, data, out, resume=resume, progress=not quiet)
+    with run_lock(out):  # held from the first look at RUN: a second run with the same --out is refused
+        recipe = resolve_recipe(
+            out, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None}, resume
+        )
+        state = run_pretraining(recipe, data, out, resume=resume, progress=not quiet)
     skipped = state.skipped
     if skipped:
         print(
