@@ -9,7 +9,6 @@ from vmae_cli.sampling import (
     random_segment_indices,
     random_window_indices,
     segment_indices,
-    time_window_indices,
     window_indices,
 )
 
@@ -64,18 +63,6 @@ def test_random_segments():
     assert idx.shape == (8,) and np.all(idx // 10 == np.arange(8))  # one per segment of 10
     np.testing.assert_array_equal(random_segment_indices(rng, 80, 8, jitter=False), segment_indices(80, 8))
     np.testing.assert_array_equal(random_segment_indices(rng, 4, 8), [0, 0, 1, 1, 2, 2, 3, 3])
-
-
-def test_time_window_is_exact_for_variable_frame_rate():
-    ts = np.cumsum([0] + [0.04, 0.04, 0.1] * 10)  # frames at 0, .04, .08, .18, .22, .26, .36, ...
-    np.testing.assert_array_equal(time_window_indices(ts, 0.0, 0.4, 4), [0, 2, 3, 5])  # t = 0, .1, .2, .3
-    np.testing.assert_array_equal(time_window_indices(ts, 0.0, 0.36, 6), [0, 1, 2, 3, 4, 5])  # .18 is exact
-    np.testing.assert_array_equal(
-        time_window_indices(np.arange(25) / 25, 0.0, 2.56, 16)[:7], [0, 4, 8, 12, 16, 20, 24]
-    )
-    np.testing.assert_array_equal(
-        time_window_indices(np.arange(25) / 25, 0.0, 2.56, 16)[7:], [24] * 9
-    )  # past the end
 
 
 def test_spec_round_trip_and_views():

@@ -50,9 +50,11 @@ def write_video(
     pts: list[int] | None = None,
     options: dict | None = None,
     container_options: dict | None = None,
+    picture=frame_picture,
 ) -> Path:
     """Write frames 0..num_frames-1 (width x height). `pts` in 1/1000 s makes a variable-rate file (or one
-    that starts late, or before 0: an MP4 hides frames before 0 behind an edit list)."""
+    that starts late, or before 0: an MP4 hides frames before 0 behind an edit list). `picture(f, width,
+    height)` draws frame f (default: its number as bands)."""
     width, height = size
     with av.open(str(path), "w", options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=rate, options=options or {})
@@ -65,7 +67,7 @@ def write_video(
             stream.set_display_rotation(rotation)
         src_fmt = "rgba" if pix_fmt in ("rgba", "argb", "yuva420p") else "rgb24"
         for f in range(num_frames):
-            img = frame_picture(f, width, height)
+            img = picture(f, width, height)
             if src_fmt == "rgba":
                 img = np.concatenate([img, np.full((height, width, 1), 200, np.uint8)], axis=2)
             frame = av.VideoFrame.from_ndarray(img, format=src_fmt)

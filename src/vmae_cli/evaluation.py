@@ -212,16 +212,16 @@ class Accuracy:
         }
 
 
-def evaluate_set(engine, data: LabelledSet, problem_type: str | None = None, advance=None,
-                 in_process: bool = False) -> Accuracy:  # fmt: skip
-    """Run `engine` (an inference.Engine over a classifier) on every video; unreadable ones are listed.
+def evaluate_set(engine, data: LabelledSet, advance=None, in_process: bool = False) -> Accuracy:
+    """Run `engine` (an inference.Engine over a classifier's per-view scores, `predict.view_scores`) on every
+    video; unreadable ones are listed.
 
     in_process: decode in this process, one video at a time (no worker processes to start: cheaper for the
     few videos of a small validation set).
     """
     import itertools
 
-    from .predict import checked_results, scores
+    from .predict import checked_results
 
     acc = Accuracy.empty(data.id2label)
     if in_process:
@@ -230,8 +230,8 @@ def evaluate_set(engine, data: LabelledSet, problem_type: str | None = None, adv
         results = engine.run(data.paths)
     for result, label in zip(checked_results(results, engine), data.labels, strict=True):
         if result.ok:
-            acc.add(scores(result.outputs, problem_type).numpy(), label)
-            acc.views = int(result.outputs.shape[0])
+            acc.add(result.outputs.mean(0).numpy(), label)
+            acc.views = result.views
         else:
             acc.failed.append((result.path, str(result.error)))
         if advance is not None:

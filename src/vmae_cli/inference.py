@@ -16,15 +16,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.utils.data
 
-from .clips import Clips, load_clips
+from .clips import Clips, iter_views, plan_clips
 from .discover import VIDEO_EXTENSIONS, scan_folder, strip_bom  # noqa: F401 - VIDEO_EXTENSIONS: re-exported
 from .errors import UsageError
 from .preprocess import Preprocessor
-from .sampling import SamplingSpec, time_window_indices
+from .sampling import SamplingSpec
+from .timeline import Timeline
 from .video import VideoReader
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,9 @@ class LoadError(Exception):
         return (LoadError, (self.type_name, str(self)))
 
 
+Item = tuple[int, str, Clips | torch.Tensor | LoadError]  # (input's index, path, header / views / error)
+
+
 @dataclass
 class ClipLoader:
     """Picklable recipe for one input's views (what worker processes run)."""
@@ -210,24 +213,34 @@ class ClipLoader:
     spec: SamplingSpec
     preprocessor: Preprocessor
     reader_kwargs: dict
+    max_views: int = 8  # views per chunk
+    timeline: Timeline | None = None
 
-    def load(self, path: str) -> Clips | Exception:
-        """Views as uint8 (normalised where the model runs: 4x fewer bytes through queues and PCIe)."""
+    def items(self, index: int, path: str) -> Iterator[Item]:
+        """(index, path, x): first the input's Clips (where its views come from), then its views in chunks
+        of about max_views, uint8 (normalised where the model runs: 4x fewer bytes through queues and PCIe);
+        or, at any point, the error that ends the input."""
         try:
-            return load_clips(path, self.spec, self.preprocessor, normalize=False, **self.reader_kwargs)
+            with VideoReader(path, **self.reader_kwargs) as reader:
+                clips = plan_clips(reader, self.spec, self.timeline)
+                yield index, path, clips
+                for views in iter_views(reader, clips, self.preprocessor, self.max_views):
+                    yield index, path, views
         except Exception as e:  # noqa: BLE001 - one input's failure is its result, whatever it is
-            return LoadError(type(e).__name__, str(e))
+            yield index, path, LoadError(type(e).__name__, str(e))
 
 
-class _PathDataset(torch.utils.data.Dataset):
+class _ViewStream(torch.utils.data.IterableDataset):
+    """Each worker process loads every n-th input; the DataLoader hands out their items round-robin."""
+
     def __init__(self, paths: list[str], loader: ClipLoader):
         self.paths, self.loader = paths, loader
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        return i, self.paths[i], self.loader.load(self.paths[i])
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        first, step = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        for k in range(first, len(self.paths), step):
+            yield from self.loader.items(k, self.paths[k])
 
 
 def _identity(item):
@@ -238,29 +251,77 @@ def _single_threaded(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def _ahead(items: Iterator) -> Iterator:
+    """`items`, the next one computed in a thread while the consumer works on the current one."""
+    with ThreadPoolExecutor(1, thread_name_prefix="vmae-decode") as pool:
+        future = pool.submit(next, items, None)
+        while (item := future.result()) is not None:
+            future = pool.submit(next, items, None)
+            yield item
+
+
 # ---- the engine ------------------------------------------------------------------------------------------
 @dataclass
 class VideoResult:
-    """One input's outcome: per-view outputs (views, K) in float32 on the CPU, or the error."""
+    """One input's outcome: its per-view outputs averaged, float32 on the CPU, or the error.
+
+    `outputs` is (1, K), the mean over all views; with a timeline, (windows, K), the mean over each window's
+    views. The mean is a running sum (float64) as batches come back, so no view outlives its batch.
+    """
 
     index: int
     path: str
     clips: Clips | None = None
     outputs: torch.Tensor | None = None
     error: Exception | None = None
-    segments: list[tuple[float, float]] | None = None  # timeline: (start, end) seconds of each view group
-    _parts: list[torch.Tensor] = field(default_factory=list, repr=False)
-    _remaining: int = 0
+    _sums: torch.Tensor | None = field(default=None, repr=False)  # float64 (groups, K)
+    _received: int = 0  # views loaded so far
+    _added: int = 0  # views whose outputs are in _sums
+    _queued: int = 0  # views waiting for the model or on it
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def views(self) -> int:
+        return 0 if self.clips is None else len(self.clips.indices)
+
+    @property
+    def group(self) -> int:
+        """Views averaged into one row of `outputs`: a timeline window's, else all of them."""
+        plan = self.clips.timeline
+        return self.views if plan is None else plan.clips_per_window * self.clips.crops
+
+    @property
+    def complete(self) -> bool:
+        loaded = self.error is not None or (self.clips is not None and self._received == self.views)
+        return loaded and self._queued == 0
+
+    def _add(self, outputs: torch.Tensor) -> None:
+        """Outputs (n, K) of this input's next n views, in view order."""
+        self._queued -= len(outputs)
+        if self.error is not None:
+            return
+        if self._sums is None:
+            self._sums = torch.zeros(self.views // self.group, outputs.shape[1], dtype=torch.float64)
+        rows = torch.arange(self._added, self._added + len(outputs)) // self.group
+        self._sums.index_add_(0, rows, outputs.double())
+        self._added += len(outputs)
+
+    def _finish(self) -> VideoResult:
+        if self.ok:
+            self.outputs = (self._sums / self.group).float()
+        self._sums = None
+        return self
+
 
 class Engine:
-    """Runs `head(model, pixel_values) -> (B, K)` over the views of many videos, in batches.
+    """Runs `head(model, pixel_values) -> (B, K)` over the views of many videos, in batches, and averages
+    each video's outputs over its views (so a classifier's head returns per-view scores, not logits).
 
-    batch_size counts views (clips x crops), so memory stays bounded whatever the sampling protocol.
+    batch_size counts views (clips x crops); views are decoded, preprocessed and run a batch at a time, so
+    memory stays bounded whatever the sampling protocol, the video's length or its resolution.
     """
 
     def __init__(
@@ -285,15 +346,9 @@ class Engine:
         self.workers = workers or default_workers()
         self.reader_kwargs = {"threads": threads, "timeout": timeout}
         self._inflight: tuple | None = None  # (owners, outputs, event) of the batch on the device
+        self._warned_short_window = False
 
     # -- model side --
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, S, S) uint8 views (or float model input) on the CPU -> (B, K) float32 on the CPU."""
-        outputs, done = self._launch([pixel_values])
-        if done is not None:
-            done.synchronize()
-        return outputs
-
     @torch.inference_mode()
     def _launch(self, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Start the model on a batch; returns its (B, K) float32 CPU output and, on CUDA, the event after
@@ -312,49 +367,52 @@ class Engine:
         done.record()
         return host, done
 
-    def run(self, paths: list[str]) -> Iterator[VideoResult]:
-        """Yield one VideoResult per path, in the order of `paths`, as soon as each is complete."""
-        source = self._loaded(paths)
-        waiting: deque[VideoResult] = deque()  # in input order, some still missing model outputs
-        queue: deque[tuple[VideoResult, torch.Tensor]] = deque()  # views not yet through the model
-        queued, exhausted = 0, False
-        self._inflight = None
-        while not exhausted or queue or self._inflight is not None:
-            item = None if exhausted else next(source, None)
-            if item is None:
-                exhausted = True
-            else:
-                index, path, loaded = item
-                result = VideoResult(index, path)
-                if isinstance(loaded, Exception):
-                    result.error = loaded
-                else:
-                    views, loaded.pixel_values = loaded.pixel_values, None
-                    result.clips, result._remaining = loaded, len(views)
-                    for start in range(0, len(views), self.batch_size):
-                        chunk = views[start : start + self.batch_size]
-                        queue.append((result, chunk))
-                        queued += len(chunk)
-                waiting.append(result)
-            while queue and (queued >= self.batch_size or exhausted):
-                queued -= self._run_batch(queue)
-            if exhausted and not queue:
-                self._settle()
-            while waiting and waiting[0]._remaining == 0:
-                done = waiting.popleft()
-                if done.ok:
-                    done.outputs, done._parts = torch.cat(done._parts), []
-                yield done
+    def run(self, paths: list[str], timeline: Timeline | None = None) -> Iterator[VideoResult]:
+        """Yield one VideoResult per path, in the order of `paths`, as soon as each is complete.
 
-    def _loaded(self, paths: list[str]) -> Iterator[tuple[int, str, Clips | Exception]]:
-        """(index, path, clips or the exception) in input order, decoded ahead of the consumer.
+        timeline: classify consecutive windows of each video instead (see timeline.py); `outputs` then
+        has one row per window.
+        """
+        loader = ClipLoader(self.spec, self.preprocessor, self.reader_kwargs, self.batch_size, timeline)
+        results: dict[int, VideoResult] = {}  # inputs started and not yet handed out
+        queue: deque[tuple[VideoResult, torch.Tensor]] = deque()  # views not yet through the model
+        queued, next_out = 0, 0
+        self._inflight = None
+
+        def ready() -> Iterator[VideoResult]:
+            nonlocal next_out
+            while next_out in results and results[next_out].complete:
+                next_out += 1
+                yield results.pop(next_out - 1)._finish()
+
+        for index, path, item in self._loaded(paths, loader):
+            result = results.setdefault(index, VideoResult(index, path))
+            if isinstance(item, Exception):
+                result.error = item
+            elif isinstance(item, Clips):
+                result.clips = item
+                self._check_window(item)
+            else:
+                queue.append((result, item))
+                result._received += len(item)
+                result._queued += len(item)
+                queued += len(item)
+            while queued >= self.batch_size:
+                queued -= self._run_batch(queue)
+            yield from ready()
+        while queue:
+            self._run_batch(queue)
+        self._settle()
+        yield from ready()
+
+    def _loaded(self, paths: list[str], loader: ClipLoader) -> Iterator[Item]:
+        """The items of every input (ClipLoader.items), decoded ahead of the consumer.
 
         Several inputs decode in worker processes (a DataLoader; each worker single-threaded in torch, so
         they neither contend for the GIL nor oversubscribe the cores); a single input decodes in a thread.
         """
-        loader = ClipLoader(self.spec, self.preprocessor, self.reader_kwargs)
         if len(paths) <= 1:
-            yield from ((k, p, loader.load(p)) for k, p in enumerate(paths))
+            yield from _ahead(item for k, p in enumerate(paths) for item in loader.items(k, p))
             return
         import multiprocessing
 
@@ -362,9 +420,9 @@ class Engine:
 
         context = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         yield from DataLoader(
-            _PathDataset(paths, loader), batch_size=None, num_workers=self.workers, collate_fn=_identity,
-            prefetch_factor=2, pin_memory=self.device.type == "cuda", multiprocessing_context=context,
-            worker_init_fn=_single_threaded,
+            _ViewStream(paths, loader), batch_size=None, num_workers=min(self.workers, len(paths)),
+            collate_fn=_identity, prefetch_factor=2, pin_memory=self.device.type == "cuda",
+            multiprocessing_context=context, worker_init_fn=_single_threaded,
         )  # fmt: skip
 
     def _run_batch(self, queue: deque[tuple[VideoResult, torch.Tensor]]) -> int:
@@ -385,7 +443,7 @@ class Engine:
         return size
 
     def _settle(self) -> None:
-        """Hand the outputs of the batch in flight to the videos they belong to."""
+        """Add the outputs of the batch in flight to the videos they belong to."""
         if self._inflight is None:
             return
         owners, outputs, done = self._inflight
@@ -394,56 +452,18 @@ class Engine:
             done.synchronize()
         offset = 0
         for result, n in owners:
-            result._parts.append(outputs[offset : offset + n])
-            result._remaining -= n
+            result._add(outputs[offset : offset + n])
             offset += n
 
-    # -- long videos --
-    def timeline(self, path: str, window: float | None, hop: float | None, index: int = 0) -> VideoResult:
-        """Views over consecutive windows of a long video; `segments` says where each group of views lies.
-
-        Each window holds `spec.frames` frames spread evenly in time (VFR-safe) and `spec.crops` crops.
-        The window defaults to the model's clip length at the video's rate (frames x stride / fps).
-        """
-        result = VideoResult(index, path)
-        try:
-            with VideoReader(path, **self.reader_kwargs) as reader:
-                ts = reader.timestamps
-                duration = float(ts[-1] + 1.0 / max(reader.fps, 1e-6))
-                window = window or self.spec.frames * self.spec.stride / max(reader.fps, 1e-6)
-                hop = hop or window
-                starts = np.arange(0.0, max(duration - window, 0.0) + 1e-9, hop)
-                segments = [(float(s), float(min(s + window, duration))) for s in starts]
-                if segments[-1][1] < duration - 1e-6:  # cover the tail with one last full window
-                    segments.append((max(duration - window, 0.0), duration))
-                indices = np.stack([time_window_indices(ts, s, e, self.spec.frames) for s, e in segments])
-                parts = []
-                group = max(1, self.batch_size // self.spec.crops)
-                with ThreadPoolExecutor(1, thread_name_prefix="vmae-decode") as pool:
-
-                    def decode(rows: np.ndarray) -> torch.Tensor:  # (k, T) indices -> (k*crops, T, 3, S, S)
-                        flat = reader.get_frames(rows.reshape(-1))
-                        frames = flat.reshape(*rows.shape, *flat.shape[1:])
-                        return torch.cat([self.preprocessor.resize_crop(f, self.spec.crops) for f in frames])
-
-                    chunks = [indices[i : i + group] for i in range(0, len(indices), group)]
-                    future = pool.submit(decode, chunks[0])
-                    for k in range(len(chunks)):
-                        views = future.result()
-                        if k + 1 < len(chunks):  # decode the next windows while the model runs
-                            future = pool.submit(decode, chunks[k + 1])
-                        parts.append(self.forward(views))
-                result.outputs = torch.cat(parts)
-                result.segments = segments
-                result.clips = Clips(
-                    path,
-                    np.repeat(indices, self.spec.crops, 0),
-                    np.repeat(ts[indices], self.spec.crops, 0),
-                    len(ts),
-                    reader.fps,
-                    crops=self.spec.crops,
-                    frame_size=(reader.height, reader.width),
-                )
-        except Exception as e:  # noqa: BLE001 - one input's failure is its result
-            result.error = e
-        return result
+    def _check_window(self, clips: Clips) -> None:
+        """Say once per run that timeline windows are shorter than the clips that classify them."""
+        plan = clips.timeline
+        if plan is None or not plan.clip_longer_than_window or self._warned_short_window:
+            return
+        self._warned_short_window = True
+        log.warning(
+            "%s: the %.2f s window is shorter than one clip (%d frames x stride %d = %.2f s here): each window "
+            "is classified by the clip centred on it, which reaches beyond the window; --window %.2f or more "
+            "keeps the clips inside their windows",
+            clips.path, plan.window, plan.spec.frames, plan.spec.stride, plan.clip_seconds, plan.clip_seconds,
+        )  # fmt: skip

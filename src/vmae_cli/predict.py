@@ -95,9 +95,7 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
             )
         if model is None:
             model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
-
-        def head(x: torch.Tensor) -> torch.Tensor:
-            return model(x, return_dict=True).logits
+        head = classifier_head(model)
     else:
         pool = task
         if pool == "auto" and embed_pooling(config) == "mean+fc_norm":
@@ -126,13 +124,24 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     return model, engine
 
 
-def scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
-    """Per-view logits (V, L) -> one score vector (L,): softmax (sigmoid for multi-label) averaged over views."""
+def classifier_head(model):
+    """The engine's head for a classifier: per-view scores, which the engine averages over views."""
+
+    def head(x: torch.Tensor) -> torch.Tensor:
+        return view_scores(model(x, return_dict=True).logits, model.config.problem_type)
+
+    return head
+
+
+def view_scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
+    """Logits (V, L) -> the scores (V, L) that the engine averages over views: softmax in float32 (sigmoid for
+    multi-label, the logits themselves for regression)."""
+    logits = logits.float()
     if problem_type == "multi_label_classification":
-        return torch.sigmoid(logits).mean(0)
+        return torch.sigmoid(logits)
     if problem_type == "regression":
-        return logits.mean(0)
-    return torch.softmax(logits, dim=-1).mean(0)
+        return logits
+    return torch.softmax(logits, dim=-1)
 
 
 def _predictions(score: torch.Tensor, id2label: dict[int, str], top_k: int) -> list[dict]:
@@ -145,28 +154,37 @@ def _predictions(score: torch.Tensor, id2label: dict[int, str], top_k: int) -> l
 
 def classification_record(result: VideoResult, config, top_k: int, provenance=None) -> dict:
     """The JSON record of DESIGN.md for one input (an error record if it failed); with a RunProvenance, also
-    its `times`, `crop` and `provenance` (see provenance.py)."""
+    its `times`, `crop` and `provenance` (see provenance.py).
+
+    A timeline adds `timeline` (what was done: window, hop, clips per window, how each clip samples) and
+    `segments`, each window with the frames and times (seconds) of each of its clips.
+    """
     from .output import error_record
 
     if not result.ok:
         record = error_record(result.path, result.error)
         return record if provenance is None else {**record, "provenance": provenance.run}
     id2label = config.id2label or {}
+    clips = result.clips
     record = {
         "path": result.path,
         "ok": True,
-        "predictions": _predictions(scores(result.outputs, config.problem_type), id2label, top_k),
-        "views": int(result.outputs.shape[0]),
-        "frames": result.clips.indices[:: result.clips.crops].tolist(),  # one row per clip (or segment)
-        **(provenance.record_fields(result.clips) if provenance is not None else {}),
+        "predictions": _predictions(result.outputs.mean(0), id2label, top_k),  # windows have equal views
+        "views": result.views,
+        "frames": clips.indices[:: clips.crops].tolist(),  # one row per clip (or segment)
+        **(provenance.record_fields(clips) if provenance is not None else {}),
     }
-    if result.segments is not None:
-        per = len(result.outputs) // len(result.segments)  # crops per segment
+    plan = clips.timeline
+    if plan is not None:
+        rows = clips.indices[:: clips.crops].reshape(len(plan.windows), plan.clips_per_window, -1)
+        times = clips.timestamps[:: clips.crops].reshape(rows.shape)
+        record["timeline"] = plan.describe()
         record["segments"] = [
             {"start": round(s, 3), "end": round(e, 3),
-             "predictions": _predictions(scores(result.outputs[k * per : (k + 1) * per], config.problem_type),
-                                         id2label, top_k)}
-            for k, (s, e) in enumerate(result.segments)
+             "clips": [{"frames": f, "times": [round(t, 6) for t in ts]}
+                       for f, ts in zip(rows[k].tolist(), times[k].tolist(), strict=True)],
+             "predictions": _predictions(result.outputs[k], id2label, top_k)}
+            for k, (s, e) in enumerate(plan.windows)
         ]  # fmt: skip
     return record
 

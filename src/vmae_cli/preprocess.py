@@ -239,7 +239,10 @@ class Preprocessor:
 
     def resize_crop(self, frames, crops: int = 1) -> torch.Tensor:
         """uint8 (T, H, W, 3) -> uint8 (crops, T, 3, ch, cw): the frames before normalisation."""
-        x = self.resize(frames)
+        return self.crop_views(self.resize(frames), crops)
+
+    def crop_views(self, x: torch.Tensor, crops: int = 1) -> torch.Tensor:
+        """uint8 (T, 3, h, w) resized frames -> uint8 (crops, T, 3, ch, cw)."""
         if not self.do_center_crop:
             return x.contiguous().unsqueeze(0).expand(crops, *x.shape).contiguous()
         ch, cw = self.crop

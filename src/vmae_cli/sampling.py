@@ -121,26 +121,6 @@ def random_segment_indices(
     return np.arange(num_segments, dtype=np.int64) * num_frames // num_segments
 
 
-def time_window_indices(timestamps, start_s: float, end_s: float, clip_len: int) -> np.ndarray:
-    """clip_len frames evenly spaced in time over [start_s, end_s), exact for variable frame rates.
-
-    Sample k is the frame on screen at t_k = start_s + k * (end_s - start_s) / clip_len: the last
-    frame whose timestamp <= t_k (clamped to the first/last frame, so short videos repeat frames).
-
-    Args:
-        timestamps: float (N,) presentation times in seconds, ascending (`VideoReader.timestamps`).
-    Returns:
-        int64 (clip_len,).
-    """
-    ts = np.asarray(timestamps, dtype=np.float64)
-    _check(len(ts), clip_len)
-    if end_s < start_s:
-        raise ValueError(f"end_s ({end_s}) must be >= start_s ({start_s})")
-    t = start_s + np.arange(clip_len) * ((end_s - start_s) / clip_len)
-    idx = np.searchsorted(ts, t + 1e-6, side="right") - 1  # 1 us slack for float rounding of pts
-    return np.clip(idx, 0, len(ts) - 1).astype(np.int64)
-
-
 @dataclass
 class SamplingSpec:
     """How to turn one video into views (stored as `frame_sampling` in preprocessor_config.json).

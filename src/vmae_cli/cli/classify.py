@@ -43,7 +43,12 @@ def classify(
     force: ForceOpt = False,
     shard: ShardOpt = None,
     timeline: Annotated[
-        bool, typer.Option("--timeline", help="Labels for consecutive windows of each video.")
+        bool,
+        typer.Option(
+            "--timeline",
+            help="Labels for consecutive windows of each video, each sampled as the model was trained "
+            "(--clips: clips per window; default: enough clips to cover it).",
+        ),
     ] = False,
     window: Annotated[
         float | None,
@@ -78,6 +83,7 @@ def classify(
     from ..output import RecordWriter, check_settings, finished_records, journal_settings, partial_path
     from ..predict import RunOptions, checked_results, classification_record, load_model
     from ..provenance import RunProvenance
+    from ..timeline import Timeline
     from .batch import claimed, exit_code, gather_inputs, interrupted, progress, report_error, run_settings
     from .render import print_classification
 
@@ -107,10 +113,8 @@ def classify(
         todo = [p for p in paths if p not in done]
         net, engine = load_model(model, revision, "classify", opts) if todo else (None, None)
         provenance = RunProvenance.of(engine, model) if todo and fmt != "table" else None
-        if timeline:
-            results = (engine.timeline(p, window, hop, k) for k, p in enumerate(todo))
-        else:
-            results = engine.run(todo) if todo else iter(())
+        plan = Timeline(window, hop, clips) if timeline else None
+        results = engine.run(todo, plan) if todo else iter(())
         results = checked_results(results, engine)
         writer = RecordWriter(out, fmt, done=done, settings=settings) if fmt != "table" else None
         failures, finished = unlisted, 0  # folders that could not be listed: inputs that failed

@@ -73,7 +73,7 @@ def evaluate(
     net, engine = load_model(model, revision, "classify", opts)
     labelled = load_labelled(data, net.config.id2label, label_map=labels)
     with progress(len(labelled), quiet, "evaluate") as advance:
-        acc = evaluate_set(engine, labelled, net.config.problem_type, advance)
+        acc = evaluate_set(engine, labelled, advance)
     for path, message in acc.failed:
         print(f"error: {message}" if path in message else f"error: {path}: {message}", file=sys.stderr)
     if json_:
