@@ -252,14 +252,15 @@ def validate(model, data: LabelledSet, preprocessor, sampling, device, workers: 
 
     from .evaluation import Accuracy, evaluate_set
     from .inference import Engine
-    from .predict import classifier_head
+    from .predict import view_scores
 
     was_training = model.training
     model.eval()
     try:
         shard = data.shard(dist.rank, dist.world) if dist is not None and dist.enabled else data
-        engine = Engine(model, classifier_head(model), preprocessor, sampling,
-                        batch_size=batch_size, device=device, workers=max(workers, 1))  # fmt: skip
+        engine = Engine(model, lambda x: model(x, return_dict=True).logits, preprocessor, sampling,
+                        batch_size=batch_size, device=device, workers=max(workers, 1),
+                        per_view=view_scores(model.config.problem_type))  # fmt: skip
         acc = Accuracy.empty(data.id2label)
         if len(shard):  # workers=0 (as for training data): decode here, without worker processes
             acc = evaluate_set(engine, shard, in_process=workers == 0)

@@ -318,7 +318,8 @@ class VideoResult:
 
 class Engine:
     """Runs `head(model, pixel_values) -> (B, K)` over the views of many videos, in batches, and averages
-    each video's outputs over its views (so a classifier's head returns per-view scores, not logits).
+    each video's `per_view(outputs)` over its views (a classifier's softmax, `predict.view_scores`; without
+    per_view, the outputs themselves), in float32 on the CPU.
 
     batch_size counts views (clips x crops); views are decoded, preprocessed and run a batch at a time, so
     memory stays bounded whatever the sampling protocol, the video's length or its resolution.
@@ -337,8 +338,9 @@ class Engine:
         workers: int = 0,
         threads: int = 0,
         timeout: float | None = 120.0,
+        per_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        self.model, self.head = model, head
+        self.model, self.head, self.per_view = model, head, per_view
         self.preprocessor, self.spec = preprocessor, spec
         self.batch_size = max(1, batch_size)
         self.device = device or torch.device("cpu")
@@ -450,6 +452,8 @@ class Engine:
         self._inflight = None
         if done is not None:
             done.synchronize()
+        if self.per_view is not None:
+            outputs = self.per_view(outputs)
         offset = 0
         for result, n in owners:
             result._add(outputs[offset : offset + n])

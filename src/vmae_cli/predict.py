@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -95,9 +96,13 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
             )
         if model is None:
             model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
-        head = classifier_head(model)
+
+        def head(x: torch.Tensor) -> torch.Tensor:
+            return model(x, return_dict=True).logits
+
+        per_view = view_scores(model.config.problem_type)
     else:
-        pool = task
+        pool, per_view = task, None
         if pool == "auto" and embed_pooling(config) == "mean+fc_norm":
             model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
 
@@ -119,29 +124,19 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     engine = Engine(
         model, head, preprocessor_for(model, pre_cfg), sampling_spec(config, pre_cfg, opts),
         batch_size=opts.batch_size, device=device, dtype=dtype, workers=opts.workers, threads=opts.threads,
-        timeout=opts.timeout,
+        timeout=opts.timeout, per_view=per_view,
     )  # fmt: skip
     return model, engine
 
 
-def classifier_head(model):
-    """The engine's head for a classifier: per-view scores, which the engine averages over views."""
-
-    def head(x: torch.Tensor) -> torch.Tensor:
-        return view_scores(model(x, return_dict=True).logits, model.config.problem_type)
-
-    return head
-
-
-def view_scores(logits: torch.Tensor, problem_type: str | None) -> torch.Tensor:
-    """Logits (V, L) -> the scores (V, L) that the engine averages over views: softmax in float32 (sigmoid for
-    multi-label, the logits themselves for regression)."""
-    logits = logits.float()
+def view_scores(problem_type: str | None):
+    """What the engine averages over a classifier's views, from their float32 logits (V, L): softmax
+    (sigmoid for multi-label; None, the logits themselves, for regression)."""
     if problem_type == "multi_label_classification":
-        return torch.sigmoid(logits)
+        return torch.sigmoid
     if problem_type == "regression":
-        return logits
-    return torch.softmax(logits, dim=-1)
+        return None
+    return partial(torch.softmax, dim=-1)
 
 
 def _predictions(score: torch.Tensor, id2label: dict[int, str], top_k: int) -> list[dict]:
