@@ -351,6 +351,14 @@ class Engine:
         self._warned_short_window = False
 
     # -- model side --
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) uint8 views (or float model input) on the CPU -> (B, K) float32 head outputs on the
+        CPU (per view: `per_view` is not applied)."""
+        outputs, done = self._launch([pixel_values])
+        if done is not None:
+            done.synchronize()
+        return outputs
+
     @torch.inference_mode()
     def _launch(self, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Start the model on a batch; returns its (B, K) float32 CPU output and, on CUDA, the event after
