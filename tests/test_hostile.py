@@ -215,8 +215,8 @@ ATTACKS = [
            "id2label names no label for output(s) 7 of the model's 400 (numbered 0..399), shown as LABEL_7; "
            "its label(s) for 400 belong to no output"),
     # ---- --resume of an output that vmae did not write (#13 item 8)
-    Attack("resume-binary-out", resume_binary("preds.jsonl"), 2, "preds.jsonl (or preds.jsonl.partial): not a JSON/JSONL output of vmae"),
-    Attack("resume-binary-journal", resume_binary("preds.jsonl.partial"), 2, "not a JSON/JSONL output of vmae (binary data)"),
+    Attack("resume-binary-out", resume_binary("preds.jsonl"), 2, "preds.jsonl exists and is a file that vmae did not write"),
+    Attack("resume-binary-journal", resume_binary("preds.jsonl.partial"), 2, "preds.jsonl.partial exists and is a file that vmae did not write"),
     # ---- list files (#13 item 10): a byte-order mark, a comma in a plain list's path
     Attack("evaluate-csv-bom", evaluate_list("val.csv", BOM + "path,label\n{video},abseiling\n"), 0, '"count": 1'),
     Attack("evaluate-txt-comma", evaluate_list("val.txt", "{video} 0\n", "clip, one.mp4"), 0, '"count": 1'),
