@@ -14,12 +14,14 @@ import typer
 
 from .options import (
     KeepOpt,
+    LabelMapOpt,
     NoFlipOpt,
     QuietOpt,
     SaveEveryOpt,
     TrainDeviceOpt,
     TrainDtypeOpt,
     TrainWorkersOpt,
+    ValSetOpt,
 )
 
 
@@ -52,22 +54,8 @@ def finetune(
             show_default=False,
         ),
     ] = None,  # fmt: skip
-    val: Annotated[
-        str | None,
-        typer.Option(
-            "--val",
-            help="Validation set (class folders or a list file; default: DATA/val if present).",
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
-    labels: Annotated[
-        str | None,
-        typer.Option(
-            "--labels",
-            help="Label map for integer labels: one name per line (line i names index i).",
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
+    val: ValSetOpt = None,
+    labels: LabelMapOpt = None,
     config: Annotated[
         str | None,
         typer.Option(

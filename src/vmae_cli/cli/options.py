@@ -105,6 +105,18 @@ CropsOpt = Annotated[
     typer.Option("--crops", help="1 (center) or 3 crops per clip.", show_default=False, callback=_crops),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+# Labelled sets (finetune, probe): DATA/val is taken when DATA holds train/ and val/.
+ValSetOpt = Annotated[
+    str | None,
+    typer.Option("--val", help="Validation set (class folders or a list file; default: DATA/val if present).",
+                 show_default=False),
+]  # fmt: skip
+LabelMapOpt = Annotated[
+    str | None,
+    typer.Option("--labels", help="Label map for integer labels: one name per line (line i names index i).",
+                 show_default=False),
+]  # fmt: skip
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model folder, weight file, or Hub id.")]
 
 # Training runs (pretrain, finetune): None leaves the recipe's value.

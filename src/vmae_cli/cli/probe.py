@@ -17,10 +17,12 @@ from .options import (
     DeviceOpt,
     DtypeOpt,
     JsonFlag,
+    LabelMapOpt,
     QuietOpt,
     RevisionOpt,
     StrideOpt,
     ThreadsOpt,
+    ValSetOpt,
     WorkersOpt,
 )  # fmt: skip
 
@@ -43,18 +45,8 @@ def probe(
             show_default=False,
         ),
     ] = None,  # fmt: skip
-    val: Annotated[
-        str | None,
-        typer.Option(
-            "--val",
-            help="Validation set (default: DATA/val if present; without one, leave-one-out on DATA).",
-            show_default=False,
-        ),
-    ] = None,  # fmt: skip
-    labels: Annotated[
-        str | None,
-        typer.Option("--labels", help="Label map for integer labels: one name per line.", show_default=False),
-    ] = None,  # fmt: skip
+    val: ValSetOpt = None,
+    labels: LabelMapOpt = None,
     features: Annotated[
         Path | None,
         typer.Option(
@@ -85,8 +77,9 @@ def probe(
     """How well an encoder's frozen features separate your labels: a k-nearest-neighbour and a linear
     (ridge) probe, top-1/top-5 and per class. One embedding pass; no training of the encoder.
 
-    Compare pre-training checkpoints with it before paying for a fine-tune. With --features the vectors
-    are kept (or reused) as `vmae embed` writes them.
+    Compare pre-training checkpoints with it before paying for a fine-tune. Without a validation set
+    both probes are scored leave-one-out on DATA. With --features the vectors are kept (or reused) as
+    `vmae embed` writes them.
     """
     import numpy as np
 
