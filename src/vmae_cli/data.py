@@ -22,6 +22,7 @@ from .discover import PATH_COLUMNS, VIDEO_EXTENSIONS, ListFile, read_list, video
 from .errors import UsageError
 from .masking import decoder_mask, tube_mask
 from .sampling import random_window_indices
+from .workers import init_decode_worker
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +288,6 @@ def collate_clips(items: list[dict]) -> dict:
     return batch
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # decoding parallelism comes from the workers, not from threads inside each
-
-
 def make_loader(dataset, sampler: EpochSampler, workers: int, pin_memory: bool = False, collate_fn=collate_clips,
                 prefetch: int = 2) -> torch.utils.data.DataLoader:  # fmt: skip
     """A DataLoader over `sampler` in batches of its batch size, decoding in `workers` processes."""
@@ -302,7 +299,7 @@ def make_loader(dataset, sampler: EpochSampler, workers: int, pin_memory: bool =
         collate_fn=collate_fn,
         pin_memory=pin_memory,
         drop_last=False,  # the sampler already yields whole batches only
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=init_decode_worker if workers > 0 else None,
         persistent_workers=workers > 0,
         prefetch_factor=prefetch if workers > 0 else None,
     )

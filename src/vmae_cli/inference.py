@@ -26,6 +26,7 @@ from .preprocess import Preprocessor
 from .sampling import SamplingSpec
 from .timeline import Timeline
 from .video import VideoReader
+from .workers import init_decode_worker
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +248,6 @@ def _identity(item):
     return item
 
 
-def _single_threaded(_worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
 def _ahead(items: Iterator) -> Iterator:
     """`items`, the next one computed in a thread while the consumer works on the current one."""
     with ThreadPoolExecutor(1, thread_name_prefix="vmae-decode") as pool:
@@ -432,7 +429,7 @@ class Engine:
         yield from DataLoader(
             _ViewStream(paths, loader), batch_size=None, num_workers=min(self.workers, len(paths)),
             collate_fn=_identity, prefetch_factor=2, pin_memory=self.device.type == "cuda",
-            multiprocessing_context=context, worker_init_fn=_single_threaded,
+            multiprocessing_context=context, worker_init_fn=init_decode_worker,
         )  # fmt: skip
 
     def _run_batch(self, queue: deque[tuple[VideoResult, torch.Tensor]]) -> int:
