@@ -13,6 +13,7 @@ from vmae_cli.probe import knn_scores, read_features, ridge_scores, run_probes
 
 from .conftest import vmae_in_process
 from .models import tiny_pretraining
+from .videos import write_video
 
 
 def _strict(text: str):
@@ -67,21 +68,14 @@ def test_probes_separate_clusters_and_score_validation():
 
 def _write_colour(path: Path, rgb, frames: int = 8, size=(40, 32)) -> Path:
     """A clip of one flat colour with a little noise (so every clip differs)."""
-    import av
-
     rng = np.random.default_rng(zlib.crc32(path.name.encode()))
-    w, h = size
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for _ in range(frames):
-            img = np.clip(np.array(rgb)[None, None] + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+
+    def picture(_f: int, width: int, height: int) -> np.ndarray:
+        noise = rng.normal(0, 12, (height, width, 3))
+        return np.clip(np.array(rgb)[None, None] + noise, 0, 255).astype(np.uint8)
+
+    return write_video(path, frames, size=size, picture=picture)
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
