@@ -92,9 +92,8 @@ def iter_views(
         if new:
             wanted = sorted(new)
             frames = torch.from_numpy(reader.get_frames(wanted, transform=resize)).permute(0, 3, 1, 2)
-            resized.update(
-                zip(wanted, frames, strict=True)
-            )  # a pass frees when no later clip needs its frames
+            # a resized frame is freed once no later clip needs it
+            resized.update(zip(wanted, frames, strict=True))
             del frames
         for row in rows[first:last].tolist():
             chunk.append(preprocessor.crop_views(torch.stack([resized[j] for j in row]), clips.crops))

@@ -20,7 +20,7 @@ import torch
 import torch.utils.data
 
 from .clips import Clips, iter_views, plan_clips
-from .discover import VIDEO_EXTENSIONS, scan_folder, strip_bom  # noqa: F401 - VIDEO_EXTENSIONS: re-exported
+from .discover import scan_folder, strip_bom
 from .errors import UsageError
 from .preprocess import Preprocessor
 from .sampling import SamplingSpec

@@ -40,6 +40,11 @@ class ProbeResult:
         return {**self.params, **self.accuracy.to_dict()}
 
 
+def neighbours(k: int, train_size: int, leave_one_out: bool) -> int:
+    """The k a kNN probe can use: at most the training vectors (less the one left out)."""
+    return max(1, min(k, train_size - int(leave_one_out)))
+
+
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -56,7 +61,7 @@ def knn_scores(train_x: np.ndarray, train_y: np.ndarray, query_x: np.ndarray | N
     sims = query @ train.T  # (Q, N)
     if loo:
         np.fill_diagonal(sims, -np.inf)
-    k = max(1, min(k, train.shape[0] - int(loo)))
+    k = neighbours(k, train.shape[0], loo)
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (Q, k): the k nearest, unordered
     # exp((s - 1) / T): shifted by the largest possible similarity, so nothing overflows
     weights = np.exp((np.take_along_axis(sims, top, 1) - 1.0) / temperature)
@@ -113,7 +118,7 @@ def run_probes(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray | Non
         (
             "knn",
             knn,
-            {"k": max(1, min(k, len(train_x) - int(val_x is None))), "temperature": KNN_TEMPERATURE},
+            {"k": neighbours(k, len(train_x), val_x is None), "temperature": KNN_TEMPERATURE},
         ),
         ("linear", ridge, {"ridge_lambda": float(f"{lam:.4g}")}),
     ):
