@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import CONFIG_NAME, VideoMAEConfig, warn_about_label_gaps
-from .errors import CheckpointError, FieldError
+from .errors import CheckpointError, FieldError, ModelNotFoundError
 from .files import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -67,13 +67,13 @@ def resolve(ref: str | os.PathLike, revision: str | None = None, weights: bool =
     ref = str(ref)
     if _HUB_ID.match(ref) and ".." not in ref:
         return _resolve_hub(ref, revision, weights)
-    raise CheckpointError(f"{ref}: no such file or folder")
+    raise ModelNotFoundError(f"{ref}: no such file or folder")
 
 
 def _resolve_folder(folder: Path, source: str, weights: bool) -> ResolvedModel:
     config = folder / CONFIG_NAME
     if not config.is_file():
-        raise CheckpointError(
+        raise ModelNotFoundError(
             f"{folder}: no {CONFIG_NAME} here, so it is not a model folder (expected {CONFIG_NAME} and "
             f"{SAFE_WEIGHTS}); for an original VideoMAE .pth file run `vmae convert`"
         )
@@ -84,7 +84,7 @@ def _resolve_folder(folder: Path, source: str, weights: bool) -> ResolvedModel:
                 files = _expand_index(folder / name) if name.endswith(".json") else [folder / name]
                 break
         else:
-            raise CheckpointError(
+            raise ModelNotFoundError(
                 f"{folder}: no weights ({SAFE_WEIGHTS} or {PT_WEIGHTS}) beside {CONFIG_NAME}"
             )
     pre = folder / PREPROCESSOR_NAME
@@ -103,7 +103,7 @@ def _expand_index(index: Path) -> list[Path]:
     shards = [index.parent / name for name in _read_index(index)]
     absent = [s.name for s in shards if not s.is_file()]
     if absent:
-        raise CheckpointError(f"{index}: shard files are missing: {', '.join(absent)}")
+        raise ModelNotFoundError(f"{index}: shard files are missing: {', '.join(absent)}")
     return shards
 
 
@@ -131,24 +131,24 @@ def _resolve_hub(repo_id: str, revision: str | None, weights: bool) -> ResolvedM
     try:
         config = fetch(CONFIG_NAME)
     except GatedRepoError:
-        raise CheckpointError(
+        raise ModelNotFoundError(
             f"{where}: gated model; accept its terms on the Hub and log in (`hf auth login`)"
         ) from None
     except RepositoryNotFoundError:
-        raise CheckpointError(
+        raise ModelNotFoundError(
             f"{where}: not a local folder, and no such model on the Hugging Face Hub (check the name, or log in "
             "for a private model)"
         ) from None
     except RevisionNotFoundError:
-        raise CheckpointError(f"{where}: no such revision on the Hub") from None
+        raise ModelNotFoundError(f"{where}: no such revision on the Hub") from None
     except LocalEntryNotFoundError:
-        raise CheckpointError(f"{where}: not a local folder, and {offline_hint}") from None
+        raise ModelNotFoundError(f"{where}: not a local folder, and {offline_hint}") from None
     except EntryNotFoundError:
-        raise CheckpointError(
+        raise ModelNotFoundError(
             f"{where}: the Hub repository has no {CONFIG_NAME}; is it a VideoMAE model?"
         ) from None
     except HfHubHTTPError as e:
-        raise CheckpointError(
+        raise ModelNotFoundError(
             f"{where}: the Hub answered an error ({e.__class__.__name__}); try again later"
         ) from None
 
@@ -167,8 +167,10 @@ def _resolve_hub(repo_id: str, revision: str | None, weights: bool) -> ResolvedM
             break
         if not files:
             if missing_locally:
-                raise CheckpointError(f"{where}: weights missing, {offline_hint}")
-            raise CheckpointError(f"{where}: the repository has no weights ({SAFE_WEIGHTS} or {PT_WEIGHTS})")
+                raise ModelNotFoundError(f"{where}: weights missing, {offline_hint}")
+            raise ModelNotFoundError(
+                f"{where}: the repository has no weights ({SAFE_WEIGHTS} or {PT_WEIGHTS})"
+            )
     try:
         pre: Path | None = fetch(PREPROCESSOR_NAME)
     except (EntryNotFoundError, HfHubHTTPError):
@@ -374,10 +376,12 @@ def _short(keys: list[str], n: int = 6) -> str:
 
 def match_state_dict(
     model, state: dict[str, Any], source: str, ignore_mismatched_sizes: bool = False
-) -> dict:
+) -> tuple[dict, dict[str, list]]:
     """Fit a checkpoint's keys to `model`, allowing only the head swaps transformers allows.
 
-    Returns the state dict to load; the keys of `model` it lacks are heads to initialise (a warning says so).
+    Returns the state dict to load, and transformers' loading info: `missing_keys` (heads to initialise; a
+    warning names them), `unexpected_keys` (left out), `mismatched_keys` ((key, file shape, model shape) of a
+    classifier replaced under `ignore_mismatched_sizes`) and `error_msgs` (empty).
     Raises CheckpointError naming any other missing, unexpected or wrongly shaped key.
     """
     state = normalize_keys(state)
@@ -402,11 +406,15 @@ def match_state_dict(
             allowed_unexpected += ("videomae.layernorm.",)
         elif not any(k.startswith("classifier.") for k in state):  # a 0-label classifier: fc_norm only
             allowed_missing = ("classifier.",)
+    elif model.has_decoder and not any(k.startswith(PRETRAINING_ONLY) for k in state):
+        # an encoder or a classifier under the pre-training model: a new decoder, as transformers allows (only
+        # when the file has none of it: a partial decoder is a damaged checkpoint)
+        allowed_missing, allowed_unexpected = PRETRAINING_ONLY, CLASSIFIER_ONLY
 
     mismatched = [k for k in state if k in expected and tuple(state[k].shape) != expected[k]]
+    replaced = []
     if mismatched and ignore_mismatched_sizes and all(k.startswith("classifier.") for k in mismatched):
-        for k in mismatched:
-            del state[k]
+        replaced = [(k, tuple(state.pop(k).shape), expected[k]) for k in mismatched]
         allowed_missing += ("classifier.",)
         mismatched = []
     if mismatched:
@@ -437,14 +445,24 @@ def match_state_dict(
         state.pop(k)
     if missing:
         log.warning(
-            "%s: new %s head initialised randomly (%s); fine-tune it before trusting its outputs",
-            source,
-            type(model).__name__,
-            _short(missing, 4),
-        )
+            "%s: some weights of %s were not in the checkpoint and are newly initialised: %s; train it "
+            "(vmae pretrain, vmae finetune) before trusting its outputs",
+            source, type(model).__name__, _grouped(missing),
+        )  # fmt: skip
     if dropped:
         log.info("%s: kept the encoder, ignored %d head key(s)", source, len(dropped))
-    return state
+    info = {"missing_keys": missing, "unexpected_keys": unexpected + dropped, "mismatched_keys": replaced}
+    return state, {**info, "error_msgs": []}
+
+
+def _grouped(keys: list[str]) -> str:
+    """Keys by module, for a message: `decoder.* (26 keys), encoder_to_decoder.weight, mask_token`."""
+    groups: dict[str, list[str]] = {}
+    for k in sorted(keys):
+        groups.setdefault(k.split(".")[0], []).append(k)
+    return ", ".join(
+        ", ".join(ks) if len(ks) <= 2 else f"{head}.* ({len(ks)} keys)" for head, ks in groups.items()
+    )
 
 
 # ---- the mixin the models inherit -----------------------------------------------------------------------
@@ -467,13 +485,16 @@ class PretrainedMixin:
         device: torch.device | str | None = None,
         attn_implementation: str = "sdpa",
         ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
         model_kwargs: dict | None = None,
         **config_changes: Any,
     ):
         """Load a model from a folder, a weight file, or a Hub id (`MCG-NJU/videomae-base-finetuned-kinetics`).
 
-        `config_changes` replace config fields (e.g. `id2label=...` for a new head, with
+        `config_changes` replace config fields (e.g. `id2label=...` or `num_labels=N` for a new head, with
         `ignore_mismatched_sizes=True` when a classifier's label count changes). `dtype` defaults to float32.
+        `output_loading_info=True` returns (model, info) as transformers does: `missing_keys` (newly initialised,
+        e.g. the decoder of a pre-training model loaded from an encoder), `unexpected_keys`, `mismatched_keys`.
         """
         import torch
 
@@ -487,7 +508,8 @@ class PretrainedMixin:
         infos, state = read_tensor_infos(found.weights)
         check_config_fits_weights(
             config, infos, found.config_path if from_file else None, decoder=cls.has_decoder,
-            labels=cls.has_classifier and not ignore_mismatched_sizes, skip=frozenset(config_changes),
+            labels=cls.has_classifier and not ignore_mismatched_sizes,
+            skip=frozenset(config_changes) | ({"id2label"} if "num_labels" in config_changes else set()),
         )  # fmt: skip
         if state is None:
             state = load_weights(found.weights)
@@ -501,7 +523,7 @@ class PretrainedMixin:
             warn_about_label_gaps(config, found.config_path)
         with torch.device("meta"):  # no time spent initialising weights that are about to be replaced
             model = cls(config, **(model_kwargs or {}))
-        state = match_state_dict(model, state, found.source, ignore_mismatched_sizes)
+        state, info = match_state_dict(model, state, found.source, ignore_mismatched_sizes)
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         model.load_state_dict(state, strict=False, assign=True)
         for module in model.modules():  # heads the checkpoint lacked: materialise and initialise them
@@ -517,7 +539,8 @@ class PretrainedMixin:
         model.resolved = found
         model.set_attn_implementation(attn_implementation)
         model.eval()
-        return model.to(device) if device is not None else model
+        model = model.to(device) if device is not None else model
+        return (model, info) if output_loading_info else model
 
     def save_pretrained(self, folder: str | os.PathLike, preprocessor: Any = None) -> Path:
         """Write config.json, model.safetensors and (when known) preprocessor_config.json, each atomically."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ HIDDEN_ACTS = (
     "relu6", "sigmoid", "silu", "sqrtsoftplus", "swish", "tanh",
 )  # fmt: skip
 
+# Written to config.json only when set to something else than their default, as transformers does.
+_SAVED_IF_SET = ("output_attentions", "output_hidden_states", "return_dict")
 # Keys that describe a file rather than the model; dropped on read, rewritten on save.
 _VOLATILE = {"transformers_version", "_name_or_path", "model_type", "qv_bias", "qkv_bias"}
 
@@ -84,13 +86,23 @@ class VideoMAEConfig:
     decoder_num_hidden_layers: int = 4
     decoder_intermediate_size: int = 1536
     norm_pix_loss: bool = True  # pre-training target: each patch normalised per channel
-    id2label: dict[int, str] | None = None  # None: no labels (a pre-training or feature model)
+    # transformers' default two labels; None: no labels (a pre-training or feature model, as config.json
+    # files without id2label read). num_labels=N (below) makes LABEL_0..LABEL_N-1.
+    id2label: dict[int, str] | None = field(default_factory=lambda: {0: "LABEL_0", 1: "LABEL_1"})
     problem_type: str | None = None  # single_label_classification | multi_label_classification | regression
     architectures: list[str] | None = None
     dtype: str | None = None  # saved as both "dtype" (5.x) and "torch_dtype" (4.x)
+    # what the models return when a call does not say (transformers' PretrainedConfig fields; saved if set)
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+    return_dict: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # unknown fields, written back as they came
+    # a constructor argument only: the `num_labels` property below reads and sets it through id2label
+    num_labels: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, num_labels: int | None = None) -> None:
+        if num_labels is not None:  # as transformers: a count that disagrees with id2label wins
+            self._set_num_labels(num_labels)
         if isinstance(self.image_size, list):
             self.image_size = tuple(self.image_size)
         if isinstance(self.patch_size, list):
@@ -119,9 +131,17 @@ class VideoMAEConfig:
         t, h, w = self.grid
         return t * h * w
 
-    @property
-    def num_labels(self) -> int:
+    def _get_num_labels(self) -> int:
         return len(self.id2label) if self.id2label else 0
+
+    def _set_num_labels(self, n: int) -> None:
+        """transformers' setter: LABEL_0..LABEL_n-1, unless id2label already has n labels (kept)."""
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_LABELS:
+            raise _invalid(
+                "num_labels", n, f"0..{MAX_LABELS}", f"num_labels {n!r} is not a count in 0..{MAX_LABELS}"
+            )
+        if self.id2label is None or len(self.id2label) != n:
+            self.id2label = {i: f"LABEL_{i}" for i in range(n)}
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -225,6 +245,8 @@ class VideoMAEConfig:
         for f in dataclasses.fields(self):
             if f.name in ("extra", "dtype", "id2label", "problem_type", "architectures"):
                 continue
+            if f.name in _SAVED_IF_SET and getattr(self, f.name) == f.default:
+                continue  # transformers writes these only when they differ from the default
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         # Both spellings: 4.x reads qkv_bias, 5.x maps it and also reads qv_bias.
@@ -287,7 +309,14 @@ class VideoMAEConfig:
         return cls.from_json_file(path)
 
     def replace(self, **changes: Any) -> VideoMAEConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes` (fields, or num_labels=N). Not `dataclasses.replace` alone: it would pass the
+        current num_labels along, which then overrides a new id2label."""
+        return dataclasses.replace(self, **{"num_labels": None, **changes})
+
+
+# `num_labels` reads and sets the labels as transformers' attribute does. Bound after @dataclass, which has
+# made `num_labels` an argument of __init__ and of replace() (an InitVar) from the annotation above.
+VideoMAEConfig.num_labels = property(VideoMAEConfig._get_num_labels, VideoMAEConfig._set_num_labels)
 
 
 def _labels_as_transformers_reads_them(data: dict[str, Any]) -> dict | None:

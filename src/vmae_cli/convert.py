@@ -361,7 +361,7 @@ def infer_config(
         num_hidden_layers=_count(state, P + "encoder.layer."), num_attention_heads=heads,
         intermediate_size=state[layer + "intermediate.dense.weight"].shape[0],
         qkv_bias=layer + "attention.attention.q_bias" in state, use_mean_pooling=not has_norm,
-        layer_norm_eps=eps, num_frames=frames, image_size=size,
+        layer_norm_eps=eps, num_frames=frames, image_size=size, id2label=None,  # labels: set by the caller
     )  # fmt: skip
     if "encoder_to_decoder.weight" in state:
         Dd = state["encoder_to_decoder.weight"].shape[0]

@@ -29,6 +29,12 @@ class CheckpointError(VmaeError):
     exit_code = 2
 
 
+class ModelNotFoundError(CheckpointError, OSError):
+    """A model whose files are not there: no such folder or file, no config.json or weights in it, or a Hub id
+    that is not in the local cache and cannot be fetched. Also an `OSError`, as transformers raises for these,
+    so code written for transformers (`except OSError`) catches it."""
+
+
 class ConfigError(VmaeError, ValueError):
     """An invalid or inconsistent model configuration: the model cannot be built, the run cannot start (exit 2)."""
 

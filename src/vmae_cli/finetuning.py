@@ -207,7 +207,7 @@ class ClassificationLoss:
         target = F.one_hot(y, self.num_labels).float()
         target = target * (1 - self.a.label_smoothing) + self.a.label_smoothing / self.num_labels
         x, target, mixed = self._mix(x, target)
-        logits = net(x, return_dict=True).logits
+        logits = net(x, output_attentions=False, output_hidden_states=False, return_dict=True).logits
         loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         if not mixed:
             self.correct += int((logits.argmax(-1) == y).sum())

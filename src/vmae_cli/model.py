@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -23,6 +22,12 @@ from torch import nn
 from .checkpoint import PretrainedMixin
 from .config import HIDDEN_ACTS, VideoMAEConfig
 from .errors import VmaeError
+from .outputs import (  # noqa: F401 - ModelOutput re-exported: vmae_cli.model named them first
+    BaseModelOutput,
+    ImageClassifierOutput,
+    ModelOutput,
+    VideoMAEForPreTrainingOutput,
+)
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -40,47 +45,6 @@ def _require(condition: torch.Tensor, message: Callable[[], str]) -> None:
         torch._check(condition.item(), message)
     elif not bool(condition):
         raise ShapeError(message())
-
-
-# ---- outputs ---------------------------------------------------------------------------------------------
-class ModelOutput:
-    """Attribute access like transformers' outputs; indexing and `to_tuple()` skip fields that are None."""
-
-    def to_tuple(self) -> tuple:
-        return tuple(v for v in (getattr(self, f.name) for f in fields(self)) if v is not None)
-
-    def __getitem__(self, i):
-        if isinstance(i, str):
-            return getattr(self, i)
-        return self.to_tuple()[i]
-
-
-@dataclass
-class BaseModelOutput(ModelOutput):
-    last_hidden_state: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class VideoMAEForPreTrainingOutput(ModelOutput):
-    loss: torch.Tensor | None
-    logits: torch.Tensor  # (B, num_masked, patch_dim): predicted pixels of the masked tokens
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class ImageClassifierOutput(ModelOutput):
-    loss: torch.Tensor | None
-    logits: torch.Tensor  # (B, num_labels)
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-
-
-# pytree nodes, so that torch.export can trace a model that returns them (their None fields are left out)
-for _output in (BaseModelOutput, VideoMAEForPreTrainingOutput, ImageClassifierOutput):
-    torch.export.register_dataclass(_output, serialized_type_name=f"{__name__}.{_output.__name__}")
 
 
 # ---- activations: transformers' ACT2FN entries without parameters, written as transformers writes them ----
@@ -368,6 +332,17 @@ class VideoMAEPreTrainedModel(PretrainedMixin, nn.Module):
                     self.config.num_patches, self.config.decoder_hidden_size
                 )
 
+    def _output_flags(
+        self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+    ) -> tuple[bool, bool, bool]:
+        """A call's keywords, and the config's fields where a keyword is None (transformers' rule)."""
+        cfg = self.config
+        return (
+            bool(cfg.output_attentions if output_attentions is None else output_attentions),
+            bool(cfg.output_hidden_states if output_hidden_states is None else output_hidden_states),
+            bool(cfg.return_dict if return_dict is None else return_dict),
+        )
+
     def set_attn_implementation(self, name: str) -> None:
         """'sdpa' (fused `scaled_dot_product_attention`, the default) or 'eager' (explicit softmax)."""
         if name not in ATTN_IMPLEMENTATIONS:
@@ -448,9 +423,12 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ):
+        attentions, hidden, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         bool_masked_pos = self.check_inputs(pixel_values, bool_masked_pos)
-        out = self.encode(pixel_values, bool_masked_pos, output_attentions, output_hidden_states)
-        return out if return_dict is not False else out.to_tuple()
+        out = self.encode(pixel_values, bool_masked_pos, attentions, hidden)
+        return out if return_dict else out.to_tuple()
 
     def encode(
         self,
@@ -579,6 +557,9 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
             raise ShapeError(
                 "VideoMAEForPreTraining needs bool_masked_pos (B, N), True = masked; see vmae_cli.masking"
             )
+        attentions, hidden, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         bool_masked_pos = self.videomae.check_inputs(pixel_values, bool_masked_pos)
         decoded = (
             bool_masked_pos
@@ -587,9 +568,7 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
         )
         # patchified once: the encoder embeds the visible tubes, the targets are the masked ones
         tubes = patchify(pixel_values, self.config.tubelet_size, self.config.patch_hw)
-        enc = self.videomae.encode(
-            pixel_values, bool_masked_pos, output_attentions, output_hidden_states, tubes=tubes
-        )
+        enc = self.videomae.encode(pixel_values, bool_masked_pos, attentions, hidden, tubes=tubes)
         x = self.encoder_to_decoder(enc.last_hidden_state)  # (B, N_visible, Dd)
         B, _, Dd = x.shape
         pos = self.position_embeddings.to(pixel_values.dtype).expand(B, -1, -1)
@@ -601,7 +580,7 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
         torch._check(labels.shape[1] == logits.shape[1])  # the same tokens: true, and torch.export must know
         loss = F.mse_loss(logits, labels.to(logits.dtype))
         out = VideoMAEForPreTrainingOutput(loss, logits, enc.hidden_states, enc.attentions)
-        return out if return_dict is not False else out.to_tuple()
+        return out if return_dict else out.to_tuple()
 
     @staticmethod
     def _check_decoder_mask(decoder_mask: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
@@ -641,7 +620,10 @@ class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The pooled vector the classifier sees: (B, D)."""
-        seq = self.videomae(pixel_values, return_dict=True).last_hidden_state
+        seq = self.videomae(
+            pixel_values, output_attentions=False, output_hidden_states=False, return_dict=True
+        )
+        seq = seq.last_hidden_state
         return self.fc_norm(seq.mean(1)) if self.fc_norm is not None else seq[:, 0]
 
     def forward(
@@ -652,18 +634,18 @@ class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ):
+        attentions, hidden, return_dict = self._output_flags(
+            output_attentions, output_hidden_states, return_dict
+        )
         enc = self.videomae(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            pixel_values, output_attentions=attentions, output_hidden_states=hidden, return_dict=True
         )
         seq = enc.last_hidden_state
         pooled = self.fc_norm(seq.mean(1)) if self.fc_norm is not None else seq[:, 0]
         logits = self.classifier(self.head_dropout(pooled))
         loss = None if labels is None else classification_loss(logits, labels, self.config)
         out = ImageClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
-        return out if return_dict is not False else out.to_tuple()
+        return out if return_dict else out.to_tuple()
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: VideoMAEConfig) -> torch.Tensor:

@@ -98,7 +98,7 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
             model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
 
         def head(x: torch.Tensor) -> torch.Tensor:
-            return model(x, return_dict=True).logits
+            return model(x, output_attentions=False, output_hidden_states=False, return_dict=True).logits
 
         per_view = view_scores(model.config.problem_type)
     else:
@@ -113,7 +113,8 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
             pool = {"auto": "mean"}.get(pool, pool)
 
             def head(x: torch.Tensor) -> torch.Tensor:
-                seq = model(x, return_dict=True).last_hidden_state  # (B, N, D)
+                seq = model(x, output_attentions=False, output_hidden_states=False, return_dict=True)
+                seq = seq.last_hidden_state  # (B, N, D)
                 if pool == "mean":
                     return seq.mean(1)
                 if pool == "token0":

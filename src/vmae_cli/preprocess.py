@@ -3,7 +3,8 @@
 Reads and writes `preprocessor_config.json` like transformers' VideoMAEImageProcessor, and gives
 the same pixels within one uint8 level: the resize is `F.interpolate(uint8, bilinear, antialias)`,
 which is what the torchvision backend does and within one level of Pillow's (reference sec. 3).
-All frames of a clip go through each step as one batch.
+All frames of a clip go through each step as one batch. It takes the inputs VideoMAEImageProcessor
+takes (frames.py turns them into uint8 (T, H, W, 3)), and `return_tensors` gives its output form.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .config import LIMITS
-from .errors import CheckpointError, FieldError
+from .errors import CheckpointError, FieldError, ModelNotFoundError
+from .frames import as_videos
 
 CONFIG_NAME = "preprocessor_config.json"
 _RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}  # PIL enum -> F.interpolate mode
@@ -131,7 +134,7 @@ class Preprocessor:
         if path.is_dir():
             path = path / CONFIG_NAME
             if not path.is_file():
-                raise CheckpointError(
+                raise ModelNotFoundError(
                     f"{ref}: no {CONFIG_NAME} in this folder; pass a model folder or Hub id"
                 )
         elif not path.is_file():
@@ -140,7 +143,7 @@ class Preprocessor:
             try:
                 path = Path(hf_hub_download(str(ref), CONFIG_NAME, revision=revision))
             except Exception as e:  # hub errors are many types; all mean "cannot get the file"
-                raise CheckpointError(
+                raise ModelNotFoundError(
                     f"{ref}: cannot get {CONFIG_NAME} ({type(e).__name__}); pass a local folder or a valid Hub id"
                 ) from e
         return cls.from_dict(read_config(path))
@@ -258,9 +261,43 @@ class Preprocessor:
         """uint8 (T, H, W, 3) -> float32 (crops, T, 3, ch, cw)."""
         return self.normalize(self.resize_crop(frames, crops))
 
-    def __call__(self, frames) -> torch.Tensor:
-        """uint8 (T, H, W, 3) numpy or torch -> float32 (T, 3, ch, cw), center crop."""
-        return self.multi_crop(frames, crops=1)[0]
+    def __call__(self, videos, return_tensors: Any = ...) -> torch.Tensor | BatchFeature:
+        """uint8 (T, H, W, 3) numpy or torch -> float32 (T, 3, ch, cw), center crop.
+
+        Also what transformers' VideoMAEImageProcessor takes: a list of frames (numpy or torch arrays, channels
+        last or first, or PIL images), or a batch of videos (a list of such lists, a list of 4-D arrays, or a
+        5-D array); 1-channel frames become RGB, 4-channel ones are composited onto white, as its RGB
+        conversion does. Without `return_tensors`: (T, 3, ch, cw) for one video, (B, T, 3, ch, cw) for a
+        batch. With it, transformers' form: `{"pixel_values": (B, T, 3, ch, cw)}` (also `.pixel_values`), a
+        torch tensor for "pt", a numpy array for "np", a list of (T, 3, ch, cw) tensors for None.
+        """
+        clips, batched = as_videos(videos)
+        pixels = [self.multi_crop(clip, crops=1)[0] for clip in clips]
+        if return_tensors is ...:
+            return _stack(pixels) if batched else pixels[0]
+        if return_tensors is None:
+            return BatchFeature(pixel_values=pixels)
+        if return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
+        stacked = _stack(pixels)
+        return BatchFeature(pixel_values=stacked if return_tensors == "pt" else stacked.cpu().numpy())
+
+
+class BatchFeature(dict):
+    """transformers' processor output: a dict whose keys are also attributes (`out.pixel_values`)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _stack(pixels: list[torch.Tensor]) -> torch.Tensor:
+    shapes = {tuple(p.shape) for p in pixels}
+    if len(shapes) > 1:
+        raise ValueError(f"videos of different sizes after preprocessing cannot be stacked: {sorted(shapes)}")
+    return torch.stack(pixels)
 
 
 def read_config(path: str | os.PathLike, model_config=None) -> dict:

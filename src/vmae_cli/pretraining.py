@@ -116,7 +116,14 @@ def mae_loss(net, batch: dict) -> tuple[torch.Tensor, int]:
     from .data import normalize
 
     x = normalize(batch["pixel_values"])  # uint8 -> float32 on the device
-    out = net(x, batch["bool_masked_pos"], return_dict=True, decoder_mask=batch.get("decoder_mask"))
+    out = net(
+        x,
+        batch["bool_masked_pos"],
+        output_attentions=False,
+        output_hidden_states=False,
+        return_dict=True,
+        decoder_mask=batch.get("decoder_mask"),
+    )  # whatever the config says: the loss alone
     return out.loss, x.shape[0]
 
 

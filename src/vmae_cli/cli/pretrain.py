@@ -73,7 +73,8 @@ def pretrain(
         str | None,
         typer.Option(
             "--init",
-            help="Start from these weights (folder or Hub id of a VideoMAEForPreTraining checkpoint).",
+            help="Start from these weights (folder or Hub id): a pre-training checkpoint, or an encoder or "
+            "classifier, whose encoder gets a new decoder.",
             show_default=False,
         ),
     ] = None,
