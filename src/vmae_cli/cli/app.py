@@ -15,6 +15,7 @@ import typer
 from .. import __version__
 from ..errors import VmaeError
 from . import classify, convert, embed, evaluate, export, finetune, info, pretrain, probe
+from .help import Command, Group, examples
 from .logs import messages_to
 
 app = typer.Typer(
@@ -24,16 +25,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples("vmae"),
+    cls=Group,
 )
-app.command("classify")(classify.classify)
-app.command("embed")(embed.embed)
-app.command("info")(info.info)
-app.command("convert")(convert.convert)
-app.command("pretrain")(pretrain.pretrain)
-app.command("finetune")(finetune.finetune)
-app.command("evaluate")(evaluate.evaluate)
-app.command("probe")(probe.probe)
-app.command("export")(export.export)
+for _command in (classify.classify, embed.embed, info.info, convert.convert, pretrain.pretrain,
+                 finetune.finetune, evaluate.evaluate, probe.probe, export.export):  # fmt: skip
+    app.command(_command.__name__, cls=Command, epilog=examples(_command.__name__))(_command)
 
 
 def _version(value: bool) -> None:
@@ -67,7 +64,7 @@ def _run(argv: list[str] | None, debug: bool) -> int | None:
     click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="vmae", standalone_mode=False)
     except click_error as e:  # bad flags or arguments
         e.show()
         code = 2 if isinstance(e, usage_error) else e.exit_code

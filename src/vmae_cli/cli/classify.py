@@ -78,7 +78,7 @@ def classify(
 
     Sampling follows the model: a fine-tuned vmae model samples as it was trained; otherwise Kinetics
     models take a central 16x4 window and SSv2 models 16 segments. --clips 5 --crops 3 averages the
-    paper's 15 test views.
+    paper's 15 test views. The default model is MCG-NJU/videomae-base-finetuned-kinetics.
     """
     from ..output import RecordWriter, check_settings, finished_records, journal_settings, partial_path
     from ..predict import RunOptions, checked_results, classification_record, load_model

@@ -28,7 +28,10 @@ def convert(
     labels: Annotated[
         str | None,
         typer.Option(
-            "--labels", help="Class names: k400, ssv2, or a file (one per line, or JSON).", show_default=False
+            "--labels",
+            help="Class names: k400, ssv2, or a file (one per line, or JSON).",
+            show_default=False,
+            metavar="k400|ssv2|FILE",
         ),
     ] = None,
     heads: Annotated[

@@ -79,7 +79,8 @@ def embed(
     """Turn videos into vectors: row i of feats.npy belongs to line i of feats.paths.txt.
 
     Failed inputs are listed in feats.errors.jsonl and on stderr, never silently dropped. Views
-    (--clips x --crops) are averaged into one vector per video.
+    (--clips x --crops) are averaged into one vector per video. The default model is the Kinetics-400
+    classifier MCG-NJU/videomae-base-finetuned-kinetics (its pooled features).
     """
     from ..output import (
         EmbeddingWriter,

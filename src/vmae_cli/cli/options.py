@@ -117,7 +117,13 @@ LabelMapOpt = Annotated[
     typer.Option("--labels", help="Label map for integer labels: one name per line (line i names index i).",
                  show_default=False),
 ]  # fmt: skip
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model folder, weight file, or Hub id.")]
+# classify and embed default to MCG-NJU/videomae-base-finetuned-kinetics, which their descriptions name: as a
+# [default: ...] the id is wider than the help column at 80 columns, and rich would cut it short.
+ModelOpt = Annotated[
+    str,
+    typer.Option("--model", "-m", help="Model folder, weight file, or Hub id (default: the Kinetics-400 "
+                 "classifier, above).", show_default=False),
+]  # fmt: skip
 
 # Training runs (pretrain, finetune): None leaves the recipe's value.
 TrainDeviceOpt = Annotated[
