@@ -140,7 +140,8 @@ def view_scores(problem_type: str | None):
     return partial(torch.softmax, dim=-1)
 
 
-def _predictions(score: torch.Tensor, id2label: dict[int, str], top_k: int) -> list[dict]:
+def top_predictions(score: torch.Tensor, id2label: dict[int, str], top_k: int) -> list[dict]:
+    """The top_k of one (K,) score vector as records: label, index, score (rounded to 6 digits)."""
     values, indices = score.topk(min(top_k, score.numel()))
     return [
         {"label": id2label.get(int(i), f"LABEL_{int(i)}"), "index": int(i), "score": round(float(v), 6)}
@@ -165,7 +166,7 @@ def classification_record(result: VideoResult, config, top_k: int, provenance=No
     record = {
         "path": result.path,
         "ok": True,
-        "predictions": _predictions(result.outputs.mean(0), id2label, top_k),  # windows have equal views
+        "predictions": top_predictions(result.outputs.mean(0), id2label, top_k),  # windows have equal views
         "views": result.views,
         "frames": clips.indices[:: clips.crops].tolist(),  # one row per clip (or segment)
         **(provenance.record_fields(clips) if provenance is not None else {}),
@@ -179,7 +180,7 @@ def classification_record(result: VideoResult, config, top_k: int, provenance=No
             {"start": round(s, 3), "end": round(e, 3),
              "clips": [{"frames": f, "times": [round(t, 6) for t in ts]}
                        for f, ts in zip(rows[k].tolist(), times[k].tolist(), strict=True)],
-             "predictions": _predictions(result.outputs[k], id2label, top_k)}
+             "predictions": top_predictions(result.outputs[k], id2label, top_k)}
             for k, (s, e) in enumerate(plan.windows)
         ]  # fmt: skip
     return record

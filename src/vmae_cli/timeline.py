@@ -67,7 +67,7 @@ def plan_timeline(timestamps, fps: float, spec: SamplingSpec, timeline: Timeline
         fps: the video's average frame rate (clip length in seconds, the default window).
     """
     ts = np.asarray(timestamps, dtype=np.float64)
-    n, rate = len(ts), max(float(fps), 1e-6)
+    rate = max(float(fps), 1e-6)
     duration = float(ts[-1] + 1.0 / rate)
     clip_seconds = spec.frames * spec.stride / rate
     window = timeline.window or clip_seconds
@@ -76,18 +76,29 @@ def plan_timeline(timestamps, fps: float, spec: SamplingSpec, timeline: Timeline
     windows = [(float(s), float(min(s + window, duration))) for s in starts]
     if windows[-1][1] < duration - 1e-6:  # cover the tail with one last full window
         windows.append((max(duration - window, 0.0), duration))
+    per = clips_per_window(spec, window, clip_seconds, timeline.clips)
+    rows, short = zip(*(window_clips(ts, start, end, spec, per) for start, end in windows), strict=True)
+    return TimelinePlan(spec, windows, np.concatenate(rows), per, window, hop, clip_seconds, any(short))
+
+
+def clips_per_window(spec: SamplingSpec, window: float, clip_seconds: float, clips: int | None = None) -> int:
+    """Clips that classify one window: `clips` if given, else enough to cover it (uniform sampling: the spec's
+    views, whose segments already spread over the whole window)."""
     if spec.mode == "uniform":
-        per = spec.clips  # segment middles (and starts): already spread over the whole window
-    else:
-        per = timeline.clips or max(1, math.ceil(window / clip_seconds - 1e-6))
+        return spec.clips
+    return clips or max(1, math.ceil(window / clip_seconds - 1e-6))
+
+
+def window_clips(
+    ts: np.ndarray, start: float, end: float, spec: SamplingSpec, per: int
+) -> tuple[np.ndarray, bool]:
+    """int64 (per, frames) indices into `ts` (float (N,) seconds, ascending) of the clips of window
+    [start, end), and whether the window holds fewer frames than one clip spans (see the module's notes)."""
+    n = len(ts)
+    a = min(int(np.searchsorted(ts, start - 1e-6)), n - 1)  # 1 us slack for float rounding of pts
+    b = max(int(np.searchsorted(ts, end - 1e-6)), a + 1)
     span = (spec.frames - 1) * spec.stride + 1  # frames one window-sampled clip reaches over
-    rows, short = [], False
-    for start, end in windows:
-        a = min(int(np.searchsorted(ts, start - 1e-6)), n - 1)  # 1 us slack for float rounding of pts
-        b = max(int(np.searchsorted(ts, end - 1e-6)), a + 1)
-        rows.append(_window_clips(a, b, n, spec, per))
-        short |= spec.mode == "window" and b - a < span
-    return TimelinePlan(spec, windows, np.concatenate(rows), per, window, hop, clip_seconds, short)
+    return _window_clips(a, b, n, spec, per), spec.mode == "window" and b - a < span
 
 
 def _window_clips(a: int, b: int, n: int, spec: SamplingSpec, per: int) -> np.ndarray:
