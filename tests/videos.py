@@ -228,3 +228,30 @@ def remux_with_garbage(src: Path, dst: Path, bad_packets: set[int], seed: int = 
             packet.stream = out_stream
             out.mux(packet)
     return dst
+
+
+def stream_mpegts(target, num_frames: int, *, rate: int = 25, size: tuple[int, int] = (64, 48)) -> float:
+    """Serve frames 0..num_frames-1 as an H.264 MPEG-TS stream at real-time pace, as a camera would: to a URL
+    (`tcp://127.0.0.1:PORT?listen=1` waits for one client), to stdout ("-") or to a binary file object. x264
+    runs with zerolatency, so each frame leaves as soon as it is drawn. Returns time.monotonic() when frame 0
+    left. Serve a URL from a subprocess: `python -c "from tests.videos import stream_mpegts; stream_mpegts(...)"`
+    (PyAV holds the GIL while it waits for a client)."""
+    import time
+
+    width, height = size
+    target = "pipe:1" if target == "-" else target
+    # flush_packets: every packet leaves at once (else AVIO holds 32 KB: seconds of a tiny stream, in bursts)
+    with av.open(target, "w", format="mpegts", options={"flush_packets": "1"}) as out:
+        stream = out.add_stream("libx264", rate=rate, options={"tune": "zerolatency", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        start = None  # when frame 0 left: the encoder opens at the first frame, which can take a while
+        for f in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(frame_picture(f, width, height), format="rgb24")
+            frame.pts, frame.time_base = f, Fraction(1, rate)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+            start = start or time.monotonic()
+            time.sleep(max(0.0, start + (f + 1) / rate - time.monotonic()))
+        for packet in stream.encode():
+            out.mux(packet)
+    return start

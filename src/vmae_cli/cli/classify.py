@@ -32,7 +32,7 @@ DEFAULT_MODEL = "MCG-NJU/videomae-base-finetuned-kinetics"
 
 
 def classify(
-    inputs: InputsArg,
+    inputs: InputsArg = None,
     model: ModelOpt = DEFAULT_MODEL,
     revision: RevisionOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per video.")] = 5,
@@ -53,13 +53,39 @@ def classify(
     window: Annotated[
         float | None,
         typer.Option(
-            "--window", min=0.01, help="Timeline window in seconds (default: one clip).", show_default=False
+            "--window",
+            min=0.01,
+            help="Timeline or --live window in seconds (default: one clip).",
+            show_default=False,
         ),
     ] = None,  # fmt: skip
     hop: Annotated[
         float | None,
         typer.Option(
-            "--hop", min=0.01, help="Timeline step in seconds (default: the window).", show_default=False
+            "--hop",
+            min=0.01,
+            help="Timeline or --live step in seconds (default: the window).",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    live: Annotated[
+        str | None,
+        typer.Option(
+            "--live",
+            metavar="SOURCE",
+            show_default=False,
+            help="Classify a stream as it comes: a URL (rtsp, http, udp, tcp...), a capture device "
+            "(/dev/video0), or - for a stream piped on stdin. One JSON line per window (a live table "
+            "on a terminal); frames are dropped rather than falling behind.",
+        ),
+    ] = None,  # fmt: skip
+    live_format: Annotated[
+        str | None,
+        typer.Option(
+            "--live-format",
+            metavar="NAME",
+            show_default=False,
+            help="FFmpeg input format of --live: v4l2, avfoundation, dshow, mpegts... (default: guessed).",
         ),
     ] = None,  # fmt: skip
     frames: FramesOpt = None,
@@ -78,7 +104,8 @@ def classify(
 
     Sampling follows the model: a fine-tuned vmae model samples as it was trained; otherwise Kinetics
     models take a central 16x4 window and SSv2 models 16 segments. --clips 5 --crops 3 averages the
-    paper's 15 test views. The default model is MCG-NJU/videomae-base-finetuned-kinetics.
+    paper's 15 test views. The default model is MCG-NJU/videomae-base-finetuned-kinetics. --live SOURCE
+    classifies a stream (URL, capture device, or - for stdin) window by window as it comes.
     """
     from ..output import RecordWriter, check_settings, finished_records, journal_settings, partial_path
     from ..predict import RunOptions, checked_results, classification_record, load_model
@@ -91,8 +118,19 @@ def classify(
         raise typer.BadParameter("choose one of --json and --jsonl")
     if resume and out is None:
         raise typer.BadParameter("--resume needs --out FILE (the output to continue)")
+    opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
+    if live is not None:
+        from .live import run_live
+
+        if inputs or out is not None or resume or shard is not None or timeline or jsonl:
+            raise typer.BadParameter("--live reads one stream and writes JSON lines to stdout: give no inputs, "
+                                     "--out, --resume, --shard, --timeline or --jsonl with it")  # fmt: skip
+        return run_live(live, model, revision, opts, top_k=top_k, window=window, hop=hop, input_format=live_format,
+                        as_json=json_)  # fmt: skip
+    if live_format is not None:
+        raise typer.BadParameter("--live-format goes with --live")
     if (window is not None or hop is not None) and not timeline:
-        raise typer.BadParameter("--window and --hop go with --timeline")
+        raise typer.BadParameter("--window and --hop go with --timeline or --live")
     fmt = "json" if json_ else "jsonl" if jsonl else None
     if fmt is None and out is not None:
         if out.suffix not in (".json", ".jsonl"):
@@ -103,8 +141,8 @@ def classify(
             )
         fmt = out.suffix[1:]
     fmt = fmt or "table"
+    inputs = inputs or []
     paths, out, unlisted = gather_inputs(inputs, shard, out)
-    opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
     settings = run_settings(model, revision, opts, top_k=top_k, timeline=timeline, window=window, hop=hop)
     with claimed(out, RecordWriter.files(out) if out is not None else {}, paths, force):
         if resume:
