@@ -21,7 +21,7 @@ from vmae_cli.predict import RunOptions, load_model
 
 from .conftest import REPO
 from .models import TINY_PREPROCESSOR, build, tiny_config
-from .videos import write_audio
+from .videos import stream_mpegts, write_audio
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
 
@@ -198,3 +198,37 @@ def test_live_refuses_file_inputs(model, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "--live reads one stream" in err
+
+
+def test_a_stalled_stream_ends_with_an_error(model, tmp_path):
+    """A source that keeps its connection open and sends nothing more: after `timeout` seconds without data,
+    the windows so far are out and LiveSourceError says the stream stalled."""
+    import threading
+
+    from vmae_cli.live import LiveSourceError
+
+    data = tmp_path / "s.ts"
+    with open(data, "wb") as f:
+        stream_mpegts(f, 2 * FPS, rate=FPS)
+    server = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.sendall(data.read_bytes())
+        release.wait(30)  # the connection stays open, silent
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    loaded = load_model(str(model), None, "classify", RunOptions(device="cpu", dtype="fp32"))
+    records = []
+    try:
+        with pytest.raises(LiveSourceError, match="no data for 1 s; the stream stalled"):
+            for record in live_classify(
+                f"tcp://127.0.0.1:{server.getsockname()[1]}", loaded=loaded, timeout=1.0
+            ):
+                records.append(record)
+    finally:
+        release.set()
+        server.close()
+    assert records and records[-1]["end"] <= 2.0
