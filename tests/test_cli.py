@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from vmae_cli import __version__
 
 from .conftest import REPO, run_vmae, vmae_in_process
@@ -58,6 +60,25 @@ def test_info_for_a_pretraining_checkpoint(tmp_path):
         and info["pooling"] == {"classify": None, "embed": "mean"}  # embed mean-pools a pre-training model
         and info["num_labels"] == 0
     )
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "header-not-config"])
+def test_info_refuses_damaged_weights_like_the_other_commands(tmp_path, damage):
+    """`vmae info` reads the safetensors header (no tensor data): a model classify would refuse fails here too."""
+    folder = tiny_classifier(tmp_path / "cls")
+    weights = folder / "model.safetensors"
+    if damage == "truncated":  # as an interrupted download leaves it
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00garbage" * 10)
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    result = run_vmae("info", str(folder), "--json")
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    says = "num_hidden_layers is 3, but model.safetensors holds 2" if damage == "header-not-config" else "damaged"
+    assert says in result.stderr and "Traceback" not in result.stderr
 
 
 def test_expected_failures_are_one_line_without_traceback(tmp_path):

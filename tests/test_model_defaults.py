@@ -202,6 +202,7 @@ def unusable(tmp_path_factory, video, k400):
             "damaged or truncated",
         ),  # fmt: skip (a classifier or an encoder is a valid --init: a new decoder, as transformers allows)
         (["info", "acme/not-cached"], "hf download acme/not-cached"),
+        (["info", "{root}/damaged"], "damaged or truncated"),
         (["convert", "{root}/damaged/model.safetensors", "{out}/converted"], "damaged"),
     ],
     ids=[
@@ -215,6 +216,7 @@ def unusable(tmp_path_factory, video, k400):
         "finetune-damaged",
         "pretrain-init-damaged",
         "info-not-cached",
+        "info-damaged",
         "convert-damaged",
     ],
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .checkpoint import resolve
+from .checkpoint import check_config_fits_weights, read_tensor_infos, resolve
 from .config import VideoMAEConfig, preset_names
 
 
@@ -37,6 +37,7 @@ def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
     config = VideoMAEConfig.from_json_file(found.config_path)
     pre = json.loads(found.preprocessor_path.read_text()) if found.preprocessor_path else None
     arch = architecture(config)
+    _check_weights(found, config, arch)
     sampling, evidence = model_sampling(config, pre)
     h, w = config.image_hw
     labels = [config.id2label[i] for i in sorted(config.id2label or {})]
@@ -61,3 +62,18 @@ def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
         "sampling": sampling.to_dict(),  # what classify and embed sample without --sampling/--stride/...
         "sampling_from": evidence,
     }
+
+
+def _check_weights(found, config: VideoMAEConfig, arch: str) -> None:
+    """Refuse a model that classify or embed would refuse: weights that are damaged or do not fit config.json.
+
+    Only safetensors headers are read (no tensor data), so `vmae info` stays fast; pickled .bin files have
+    no header to read apart from their tensors, and are left to the commands that load them.
+    """
+    if not found.weights or not all(f.suffix == ".safetensors" for f in found.weights):
+        return
+    infos, _ = read_tensor_infos(found.weights)
+    check_config_fits_weights(
+        config, infos, found.config_path,
+        decoder=arch == "VideoMAEForPreTraining", labels=arch == "VideoMAEForVideoClassification",
+    )  # fmt: skip
