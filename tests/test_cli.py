@@ -90,9 +90,34 @@ def test_expected_failures_are_one_line_without_traceback(tmp_path):
     assert "Traceback" in debug.stderr
 
 
-def test_unknown_command_is_a_usage_error():
-    result = run_vmae("frobnicate")
-    assert result.returncode == 2 and "No such command" in result.stderr
+USAGE_ERRORS = [
+    (["frobnicate"], "error: No such command 'frobnicate' (see vmae --help)"),
+    (["--frobnicate"], "error: No such option: --frobnicate (see vmae --help)"),
+    (["--verbose=3"], "error: Option '--verbose' does not take a value (see vmae --help)"),
+    (["classify", "--frobnicate"], "error: No such option: --frobnicate; did you mean --force, --frames? (see vmae classify --help)"),
+    (["classify", "a.mp4", "--batch-size", "abc"], "error: Invalid value for '--batch-size' / '-b': "),
+    (["classify", "a.mp4", "--top-k"], "error: Option '--top-k' requires an argument (see vmae classify --help)"),
+    (["embed"], "error: Missing argument 'PATH' (see vmae embed --help)"),
+    (["-v", "embed", "a.mp4", "--out"], "error: Option '--out' requires an argument (see vmae embed --help)"),
+    (["info"], "error: Missing argument 'MODEL' (see vmae info --help)"),
+    (["info", "m", "--frobnicate"], "error: No such option: --frobnicate (see vmae info --help)"),
+    (["convert", "--frobnicate"], "(see vmae convert --help)"),
+    (["pretrain", "data", "--out"], "error: Option '--out' requires an argument (see vmae pretrain --help)"),
+    (["finetune", "--frobnicate"], "(see vmae finetune --help)"),
+    (["evaluate", "--frobnicate"], "(see vmae evaluate --help)"),
+    (["probe", "--frobnicate"], "(see vmae probe --help)"),
+    (["export", "--frobnicate"], "(see vmae export --help)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args, says", USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_usage_errors_are_one_line_that_says_where_to_look(args, says):
+    """Not click's Usage/Try/blank/Error block: one line on stderr, exit 2, for every command and vmae itself."""
+    result = run_vmae(*args)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [result.stderr.strip()], result.stderr
+    assert says in result.stderr and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert result.stderr.rstrip().endswith(" --help)"), result.stderr  # says where to look
 
 
 def test_convert_of_a_text_file_is_a_clean_error(tmp_path, capsys):

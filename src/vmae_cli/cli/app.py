@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Annotated
 
@@ -65,9 +66,13 @@ def _run(argv: list[str] | None, debug: bool) -> int | None:
     usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
     try:
         code = app(args=argv, prog_name="vmae", standalone_mode=False)
-    except click_error as e:  # bad flags or arguments
-        e.show()
+    except click_error as e:  # bad flags or arguments: one line, not click's Usage/Try/Error block
         code = 2 if isinstance(e, usage_error) else e.exit_code
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `vmae`: the help (printed already), exit 2
+            if e.format_message().strip():
+                e.show()
+        else:
+            typer.echo(_one_line(e, usage_error, sys.argv[1:] if argv is None else argv), err=True)
     except typer.Abort:
         typer.echo("aborted", err=True)
         code = 130
@@ -94,3 +99,18 @@ def _run(argv: list[str] | None, debug: bool) -> int | None:
         )
         code = 1
     return code
+
+
+def _one_line(e: Exception, usage_error: type, argv: list[str]) -> str:
+    """A click error as vmae prints errors: `error: No such option: --x (see vmae classify --help)`."""
+    message = " ".join(e.format_message().split())  # click's messages may wrap
+    message = re.sub(r"\s*\(Possible options: ([^)]*)\)", r"; did you mean \1?", message)
+    if not isinstance(e, usage_error):
+        return f"error: {message}"
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:
+        where = ctx.command_path
+    else:  # raised while parsing, before the command's context exists: name the command from argv
+        names = {c.name for c in app.registered_commands}
+        where = " ".join(["vmae", *[a for a in argv if a in names][:1]])
+    return f"error: {message.rstrip('.')} (see {where} --help)"
