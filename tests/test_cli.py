@@ -77,8 +77,37 @@ def test_info_refuses_damaged_weights_like_the_other_commands(tmp_path, damage):
     result = run_vmae("info", str(folder), "--json")
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    says = "num_hidden_layers is 3, but model.safetensors holds 2" if damage == "header-not-config" else "damaged"
+    says = (
+        "num_hidden_layers is 3, but model.safetensors holds 2"
+        if damage == "header-not-config"
+        else "damaged"
+    )
     assert says in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "file, field, args",
+    [
+        ("config.json", "vendor_score", ["convert", "{model}", "{out}/converted"]),
+        ("preprocessor_config.json", "vendor_gain", ["convert", "{model}", "{out}/converted"]),
+        ("preprocessor_config.json", "vendor_gain", ["export", "{model}", "{out}/m.pt2"]),  # the sidecar
+    ],
+)
+def test_model_files_are_strict_json_a_non_finite_value_is_refused(tmp_path, file, field, args):
+    """config.json, preprocessor_config.json and export's sidecar are written without NaN or Infinity (not JSON):
+    a field that a model file carries through (json.loads reads NaN) is refused in one line, nothing written."""
+    model = tiny_classifier(tmp_path / "m")
+    data = json.loads((model / file).read_text())
+    (model / file).write_text(
+        json.dumps({**data, field: float("nan") if file == "config.json" else float("inf")})
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_vmae(*[a.format(model=model, out=out) for a in args])
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert result.stderr.startswith("error: cannot write ") and len(result.stderr.strip().splitlines()) == 1
+    assert f"{field} is {'nan' if file == 'config.json' else 'inf'}, which JSON cannot hold" in result.stderr
+    assert list(out.iterdir()) == []
 
 
 def test_expected_failures_are_one_line_without_traceback(tmp_path):
@@ -115,7 +144,9 @@ def test_usage_errors_are_one_line_that_says_where_to_look(args, says):
     """Not click's Usage/Try/blank/Error block: one line on stderr, exit 2, for every command and vmae itself."""
     result = run_vmae(*args)
     assert result.returncode == 2 and result.stdout == "", result.stderr
-    assert [line for line in result.stderr.splitlines() if line.strip()] == [result.stderr.strip()], result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [result.stderr.strip()], (
+        result.stderr
+    )
     assert says in result.stderr and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert result.stderr.rstrip().endswith(" --help)"), result.stderr  # says where to look
 

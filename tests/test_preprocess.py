@@ -160,3 +160,27 @@ def test_load_clips_is_one_pass_over_all_views(tmp_path, monkeypatch):
     raw = load_frames(path, spec, size=(64, 48))
     assert raw.frames.shape == (5, 4, 48, 64, 3) and raw.frames.dtype == np.uint8
     assert [frame_number(f) for f in raw.frames[1]] == [16, 20, 24, 28]
+
+
+def test_writers_of_model_files_refuse_nan_and_infinity(tmp_path):
+    """preprocessor_config.json and config.json are strict JSON, as every file vmae writes: a non-finite
+    value is one error naming the file and the field, and nothing is left behind."""
+    from vmae_cli import VideoMAEModel
+    from vmae_cli.errors import VmaeError
+
+    from .models import tiny_config
+
+    proc = Preprocessor(size={"shortest_edge": 32}, crop_size=32, extra={"gain": float("nan")})
+    with pytest.raises(VmaeError, match=r"cannot write preprocessor_config.json: gain is nan"):
+        proc.save_pretrained(tmp_path / "pre")
+    assert list((tmp_path / "pre").iterdir()) == []
+    config = tiny_config().replace(extra={"score": float("-inf")})
+    with pytest.raises(VmaeError, match=r"cannot write config.json: score is -inf, which JSON cannot hold"):
+        config.save_pretrained(tmp_path)
+    model = VideoMAEModel(tiny_config())
+    with pytest.raises(VmaeError, match=r"cannot write preprocessor_config.json: image_mean\[1\] is inf"):
+        model.save_pretrained(tmp_path / "model", preprocessor={"image_mean": [0.5, float("inf"), 0.5]})
+    assert (
+        not (tmp_path / "config.json").exists()
+        and not (tmp_path / "model" / "preprocessor_config.json").exists()
+    )

@@ -561,7 +561,10 @@ class PretrainedMixin:
         pre = preprocessor if preprocessor is not None else self.preprocessor_config
         if pre is not None:
             pre = pre.to_dict() if hasattr(pre, "to_dict") else pre
-            atomic_write_text(folder / PREPROCESSOR_NAME, json.dumps(pre, indent=2, sort_keys=True) + "\n")
+            from .output import dumps  # strict JSON: a NaN or infinity is refused, naming the field
+
+            text = dumps(pre, name=PREPROCESSOR_NAME, indent=2, sort_keys=True, ensure_ascii=True)
+            atomic_write_text(folder / PREPROCESSOR_NAME, text + "\n")
         return folder
 
 

@@ -265,7 +265,9 @@ class VideoMAEConfig:
         return dict(sorted(out.items()))
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        from .output import dumps  # strict JSON: a NaN or infinity is refused, naming the field
+
+        return dumps(self.to_dict(), name=CONFIG_NAME, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> VideoMAEConfig:

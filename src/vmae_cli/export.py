@@ -17,7 +17,6 @@ the eager model on the same views and refuses the export (nothing written) when 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ import torch
 from ._version import __version__
 from .errors import UsageError, VmaeError
 from .files import atomic_write_text
+from .output import dumps
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,9 @@ def export_model(
         "id2label": {str(k): v for k, v in (cfg.id2label or {}).items()} if task == "classify" else None,
         "problem_type": cfg.problem_type if task == "classify" else None,
     }  # fmt: skip
+    # What travels inside the file; strict JSON, so a NaN or infinity (say in a preprocessor_config.json
+    # field) is refused here, before the export, rather than written where strict parsers choke on it.
+    described = dumps(info, name=sidecar.name, ensure_ascii=True)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -165,21 +168,21 @@ def export_model(
         with _quiet_exporters():
             if fmt == "pt2":
                 program = torch.export.export(wrapped, (example,), dynamic_shapes=dynamic)
-                extra = {"vmae.json": json.dumps(info)}
+                extra = {"vmae.json": described}
                 torch.export.save(program, staged, extra_files=extra)
             else:
                 program = torch.onnx.export(
                     wrapped, (example,), dynamo=True, opset_version=opset, input_names=["pixel_values"],
                     output_names=[output_name], dynamic_shapes=dynamic, verbose=False,
                 )  # fmt: skip
-                program.model.metadata_props["vmae"] = json.dumps(info)
+                program.model.metadata_props["vmae"] = described
                 program.save(staged)
         if verify:
             batches = DYNAMIC_BATCHES if dynamic_batch else (batch_size,)
             fp32 = (lambda: engine_in("fp32")[1]) if dtype != "fp32" else None
             result.verify = _verify(staged, fmt, engine, verify_clip, batches, tolerance, fp32)
             info["verify"] = result.verify
-        atomic_write_text(sidecar, json.dumps(info, indent=2) + "\n")
+        atomic_write_text(sidecar, dumps(info, name=sidecar.name, indent=2, ensure_ascii=True) + "\n")
         for name in sorted(os.listdir(work), key=lambda n: n == out.name):  # external data first, model last
             os.replace(work / name, out.parent / name)
     finally:

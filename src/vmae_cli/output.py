@@ -17,12 +17,12 @@ import numpy as np
 from .errors import UsageError
 
 
-def dumps(data: Any, **kwargs) -> str:
+def dumps(data: Any, *, name: str = "JSON", **kwargs) -> str:
     """JSON as every vmae file and stream holds it: strict (no NaN or Infinity, which are not JSON and which
     strict parsers reject), so non-finite numbers must be handled where they arise. One that slips through
-    is refused here, naming where it is, instead of being written."""
+    is refused here, naming where it is (and `name`, the file it was for), instead of being written."""
     try:
-        return json.dumps(data, ensure_ascii=False, allow_nan=False, **kwargs)
+        return json.dumps(data, **{"ensure_ascii": False, **kwargs}, allow_nan=False)
     except ValueError as e:
         where = _non_finite_at(data)
         if where is None:
@@ -30,7 +30,7 @@ def dumps(data: Any, **kwargs) -> str:
         from .errors import VmaeError
 
         raise VmaeError(
-            f"cannot write JSON: {where[0] or 'the value'} is {where[1]}, which JSON cannot hold"
+            f"cannot write {name}: {where[0] or 'the value'} is {where[1]}, which JSON cannot hold"
         ) from e
 
 

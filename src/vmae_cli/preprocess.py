@@ -165,7 +165,10 @@ class Preprocessor:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / CONFIG_NAME
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        from .output import dumps  # strict JSON: a NaN or infinity is refused, naming the field
+
+        text = dumps(self.to_dict(), name=CONFIG_NAME, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+        tmp.write_text(text)
         os.replace(tmp, target)
         return target
 
