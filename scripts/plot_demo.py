@@ -38,8 +38,9 @@ def main() -> None:
     left.plot(
         [r["step"] for r in rows], [r["loss"] for r in rows], color="tab:gray", label="masked-patch loss"
     )
+    left.set_yscale("log")
     left.set_xlabel("pre-training step")
-    left.set_ylabel("loss (MSE, pixels in [0, 1])")
+    left.set_ylabel("loss (MSE, pixels in [0, 1]; log)")
     probes = sorted(
         (int(re.search(r"step-(\d+)", p.name).group(1)), json.loads(p.read_text()))
         for p in (work / "probe").glob("step-*.json")
@@ -51,7 +52,7 @@ def main() -> None:
     twin.set_ylabel("probe top-1 (held-out)")
     twin.set_ylim(0, 1)
     lines = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    left.legend(lines, [h.get_label() for h in lines], loc="center right", fontsize=8)
+    left.legend(lines, [h.get_label() for h in lines], loc="upper right", fontsize=8)
     left.set_title("pre-training on unlabelled clips")
 
     counts = sorted(

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The miniature of the paper's claim, and the bundled demo models (models/motion-pretrained, models/motion).
 #
-#   bash scripts/train_demo.sh [WORK]        # WORK defaults to .cache/motion; about an hour on 2 CPU cores
+#   bash scripts/train_demo.sh [WORK]        # WORK defaults to .cache/motion; about 35 minutes on 2 CPU cores
 #
 # 1. a synthetic data set whose 8 classes differ only by motion (scripts/make_synthetic.py);
 # 2. self-supervised pre-training of the `mini` preset (0.5 M parameters) on 2400 unlabelled clips;
 # 3. fine-tuning with 8 and with 48 labelled clips per class, from the pre-trained encoder and from scratch;
-# 4. `vmae evaluate` of all four on 200 held-out clips; results.md gets the table the README quotes;
+# 4. `vmae evaluate` of all four on 200 held-out clips; results.md gets the table the README quotes, and
+#    docs/miniature.png the learning curves (`vmae probe` of every checkpoint; needs matplotlib: PLOT_PY);
 # 5. the pre-trained encoder and the classifier fine-tuned from it on 48 clips per class are copied into
 #    models/, and one held-out clip per class into examples/motion/ (what `make demo` classifies).
 # Every step is seeded: the same machine gives the same numbers.
