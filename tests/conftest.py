@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,12 @@ os.environ.pop("VMAE_DEBUG", None)
 # The suite checks numerics in fp32 on the CPU, as CI runs it; on a GPU machine `--device auto` would pick
 # CUDA and bf16. CUDA paths are exercised by benchmarks/check_cuda.py instead.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+# A suite started in the background of a non-interactive shell (`make test &`, nohup) inherits SIGINT ignored,
+# and so would every vmae it starts: the Ctrl-C tests would then see runs that never stop. Python's own
+# handler here makes the children start with the default disposition again (a handler does not survive exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
