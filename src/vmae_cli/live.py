@@ -171,9 +171,10 @@ def open_source(source: str, input_format: str | None = None, timeout: float = 1
     return container, stream
 
 
-def _decode(container, stream, ring: FrameRing, stop: threading.Event, source: str, timeout: float) -> None:
-    """The decoding thread: every frame into the ring, stamped with its seconds since the first frame."""
-    fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
+def _decode(container, stream, fps: float, ring: FrameRing, stop: threading.Event, source: str,
+            timeout: float) -> None:  # fmt: skip
+    """The decoding thread: every frame into the ring, stamped with its seconds since the first frame (a
+    frame without a timestamp, or with one that goes back, comes 1 / fps after the one before)."""
     first = last = None
     error = None
     try:
@@ -280,7 +281,7 @@ def live_classify(
     if stats is not None:
         ring.stats = stats
     stop = threading.Event()
-    thread = threading.Thread(target=_decode, args=(container, stream, ring, stop, source, timeout),
+    thread = threading.Thread(target=_decode, args=(container, stream, fps, ring, stop, source, timeout),
                               name="vmae-live-decode", daemon=True)  # fmt: skip
     thread.start()
     frame_dur, k = 1.0 / fps, 0  # k: the next window that may be classified
