@@ -586,7 +586,8 @@ class VideoMAEForPreTraining(VideoMAEPreTrainedModel):
         logits = self.decoder(x, pos_masked.shape[1])  # (B, N_decoded, patch_dim)
         labels = pretraining_targets(pixel_values, decoded, self.config, tubes)
         torch._check(labels.shape[1] == logits.shape[1])  # the same tokens: true, and torch.export must know
-        loss = F.mse_loss(logits, labels.to(logits.dtype))
+        # in fp32, as autocast computes it, against unrounded targets (not targets rounded to a bf16 logits' dtype)
+        loss = F.mse_loss(logits.float(), labels.float())
         out = VideoMAEForPreTrainingOutput(loss, logits, enc.hidden_states, enc.attentions)
         return out if return_dict else out.to_tuple()
 
