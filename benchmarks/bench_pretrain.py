@@ -1,6 +1,6 @@
 """Pre-training throughput: vmae's model and optimizer step against transformers' VideoMAEForPreTraining.
 
-    python benchmarks/bench_pretrain.py [--presets tiny base] [--batch 8 2] [--steps 20 3] [--compile]
+    python benchmarks/bench_pretrain.py [--presets tiny base] [--batch 8 2] [--steps 20 3] [--compile] [--breakdown]
 
 Both sides train on the same random input tensors with the same tube masks (ratio 0.9) and batch, model
 compute only (no data loading). transformers runs a plain fp32 loop: `torch.optim.AdamW` with its defaults,
@@ -11,12 +11,17 @@ where the CPU has native bf16, else fp32); the same objective, so the same FLOPs
 dtype): a different, cheaper objective (the decoder sees about half the tokens), labelled as such.
 Sides alternate, and each figure is the median of the rounds. Last, the ceiling: each side's FLOPs per clip
 (torch's FlopCounterMode) times its clips/s, as a share of this machine's matmul peak in the dtype it
-computes in (fp32, or bf16 under bf16 autocast), measured between rounds. Not run by CI.
+computes in (fp32, or bf16 under bf16 autocast), measured between rounds. With --breakdown, where each
+side's step goes (torch.profiler, self time per op): matmuls, attention, norms, copies (dtype casts),
+optimizer, elementwise ops; the matmuls' and attention's own FLOP rate as a share of the peak; and the most
+the step could gain with its matmuls at the peak and the rest as measured. The load average is printed
+last: on a shared machine, compare the ratios, not the absolute figures. Not run by CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -103,6 +108,57 @@ def gflop_per_clip(step, x, m) -> float:
     return counter.get_total_flops() / x.shape[0] / 1e9
 
 
+# Where a step's time goes: profiler op names (self time) -> category. Everything else is "other".
+CATEGORIES = {
+    "matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul"),
+    "attention": ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::_softmax",
+                  "aten::_softmax_backward_data"),
+    "norms": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+    "copies (dtype casts, layout)": ("aten::copy_",),
+    "optimizer": ("aten::_fused_adamw_",),  # and every aten::_foreach_* (transformers' AdamW)
+    "elementwise (add, gelu, sum, fill, loss)": ("aten::add", "aten::add_", "aten::mul", "aten::gelu",
+                                                 "aten::gelu_backward", "aten::sum", "aten::fill_", "aten::mse_loss",
+                                                 "aten::mse_loss_backward", "aten::sub", "aten::div", "aten::pow"),
+}  # fmt: skip
+
+
+def breakdown(step, x, m, peak: float, steps: int = 2) -> str:
+    """One side's step by category (torch.profiler, self time per op, `steps` steps): share of the step and,
+    for the matmuls and attention, their own FLOP rate as a share of `peak` (the peak in the dtype they
+    compute in). Also the best this step could do with its matmuls at the peak and the rest as measured."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _count_cpu_attention()
+    counter = FlopCounterMode(display=False)
+    with counter:  # one step's FLOPs; convolutions count with the matmuls
+        step(x, m)
+    flops = {"matmuls": 0, "attention": 0}
+    for op, n in counter.get_flop_counts()["Global"].items():
+        flops["attention" if "attention" in str(op) else "matmuls"] += n
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(x, m)
+    times = dict.fromkeys([*CATEGORIES, "other"], 0.0)
+    for event in prof.key_averages():
+        name = event.key
+        cat = next((c for c, ops in CATEGORIES.items() if name in ops), None)
+        if cat is None:
+            cat = "optimizer" if name.startswith("aten::_foreach_") else "other"
+        times[cat] += event.self_cpu_time_total / 1e6 / steps
+    total = sum(times.values())
+    parts = []
+    for cat, t in times.items():
+        part = f"{cat} {t:.2f} s ({t / total:.0%})"
+        if cat in flops and t > 0:
+            part += f" at {flops[cat] / t / 1e9 / peak:.0%} of the peak"
+        parts.append(part)
+    at_peak = total - times["matmuls"] + flops["matmuls"] / 1e9 / peak
+    return (f"{total:.2f} s per step: " + ", ".join(parts)
+            + f"; with the matmuls at the peak and the rest as measured: {total / at_peak:.2f}x faster at most")  # fmt: skip
+
+
 def gemm_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
     """This machine's matmul throughput in `dtype` on the current threads: the ceiling for any implementation."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -127,6 +183,9 @@ def main() -> None:
     p.add_argument(
         "--compile", action="store_true", help="also time vmae (default dtype) under torch.compile"
     )
+    p.add_argument("--breakdown", action="store_true",
+                   help="also profile each side's step: time per category (matmuls, attention, norms, casts, "
+                        "optimizer), the matmuls' and attention's share of the peak")  # fmt: skip
     args = p.parse_args()
     cpu = torch.device("cpu")
     fp32, default = Precision.create("fp32", cpu), Precision.create("auto", cpu)
@@ -176,6 +235,9 @@ def main() -> None:
         print(f"| {preset} | {batch} | {cells} |", flush=True)
         work = {s: gflop_per_clip(steppers[s], x, m) for s in sides if not s.endswith("compile")}
         ceilings.append((preset, med, work))
+        if args.breakdown:
+            for s in work:
+                print(f"  {s}: {breakdown(steppers[s], x, m, max(peaks[dtypes[s]]))}", flush=True)
     # How close each side runs to the machine's matmul peak in the dtype it computes in: when a side already
     # runs near its peak, no implementation of the same objective can be much faster here.
     for dt, values in peaks.items():
@@ -189,6 +251,7 @@ def main() -> None:
             for s in work
         )
         print(f"{preset}: {shares}")
+    print("load average during the run (1, 5, 15 min): " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
 
 
 if __name__ == "__main__":
