@@ -265,6 +265,23 @@ def test_dtype_and_device_options(tmp_path):
     torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.05)
 
 
+def test_loading_into_bf16_rounds_each_weight_once_and_keeps_the_thread_count(tmp_path):
+    """The weights are converted on one thread (checkpoint.cast_weights); the caller's threads are restored."""
+    tiny_classifier(tmp_path)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = VideoMAEForVideoClassification.from_pretrained(tmp_path, dtype="bf16")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    on_disk = load_file(tmp_path / "model.safetensors")
+    state = model.state_dict()
+    for name, tensor in on_disk.items():
+        assert state[name].dtype == torch.bfloat16, name
+        assert torch.equal(state[name], tensor.to(torch.bfloat16)), name
+
+
 def _hf_classifier(folder, **changes):
     """A transformers classifier saved by transformers, with its biases and norms randomised."""
     import transformers
