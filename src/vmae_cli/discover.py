@@ -8,11 +8,17 @@ listed is reported with its reason, never silently left out.
 from __future__ import annotations
 
 import csv
+import glob
+import logging
 import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
@@ -117,3 +123,54 @@ def strip_bom(lines):
     """Lines of a stream (stdin), without the byte-order mark a first line may start with."""
     for n, line in enumerate(lines):
         yield line.removeprefix(BOM) if n == 0 else line
+
+
+# ---- command inputs (classify, embed) -------------------------------------------------------------------
+def expand_inputs(args: Iterable[str], stdin=None) -> tuple[list[str], list[str]]:
+    """(paths, folders that could not be listed): files, folders (recursively, video extensions only),
+    globs, and `-` (paths on stdin, one per line).
+
+    The order is the order given; a folder's videos are sorted. A path that does not exist is kept, so that
+    it is reported as a failed input rather than silently dropped; a folder that cannot be listed is named
+    in a warning and returned, so that the run can end with "some inputs failed".
+    """
+    out: list[str] = []
+    unlisted: list[str] = []
+    for arg in args:
+        if arg == "-":
+            stream = stdin if stdin is not None else sys.stdin
+            out.extend(line.strip() for line in strip_bom(stream) if line.strip())
+        elif os.path.isdir(arg):
+            found, failed = scan_folder(arg)
+            for folder, reason in failed:
+                log.warning("%s: cannot list this folder (%s); the videos in it are left out", folder, reason)
+            unlisted += [folder for folder, _ in failed]
+            if not found and not failed:
+                log.warning("%s: no video files in this folder", arg)
+            out.extend(found)
+        elif not os.path.exists(arg) and glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                log.warning("%s: the pattern matches no file", arg)
+            out.extend(matches)
+        else:
+            out.append(arg)
+    return out, unlisted
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    """`i/n` -> (i, n); without it, torchrun's RANK / WORLD_SIZE, else (0, 1)."""
+    if shard is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    if not 0 <= i < n:
+        raise UsageError(f"--shard {shard}: need 0 <= i < n")
+    return i, n
+
+
+def take_shard(items: list[str], index: int, count: int) -> list[str]:
+    """Every count-th item from index: each input lands in exactly one shard, whatever the count."""
+    return items[index::count]

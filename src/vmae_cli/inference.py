@@ -7,79 +7,30 @@ result; the run goes on.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.utils.data
 
 from .clips import Clips, iter_views, plan_clips
-from .discover import scan_folder, strip_bom
+from .discover import expand_inputs, parse_shard, take_shard  # noqa: F401 - named here first
 from .errors import UsageError
 from .preprocess import Preprocessor
-from .sampling import SamplingSpec
+from .sampling import SEGMENT_DATASETS, SamplingSpec, default_sampling, model_sampling  # noqa: F401
 from .timeline import Timeline
 from .video import VideoReader
 from .workers import init_decode_worker
 
+if TYPE_CHECKING:
+    from .ahead import DecodedAhead
+
 log = logging.getLogger(__name__)
-
-
-# ---- inputs ----------------------------------------------------------------------------------------------
-def expand_inputs(args: Iterable[str], stdin=None) -> tuple[list[str], list[str]]:
-    """(paths, folders that could not be listed): files, folders (recursively, video extensions only),
-    globs, and `-` (paths on stdin, one per line).
-
-    The order is the order given; a folder's videos are sorted. A path that does not exist is kept, so that
-    it is reported as a failed input rather than silently dropped; a folder that cannot be listed is named
-    in a warning and returned, so that the run can end with "some inputs failed".
-    """
-    out: list[str] = []
-    unlisted: list[str] = []
-    for arg in args:
-        if arg == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            out.extend(line.strip() for line in strip_bom(stream) if line.strip())
-        elif os.path.isdir(arg):
-            found, failed = scan_folder(arg)
-            for folder, reason in failed:
-                log.warning("%s: cannot list this folder (%s); the videos in it are left out", folder, reason)
-            unlisted += [folder for folder, _ in failed]
-            if not found and not failed:
-                log.warning("%s: no video files in this folder", arg)
-            out.extend(found)
-        elif not os.path.exists(arg) and glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
-            if not matches:
-                log.warning("%s: the pattern matches no file", arg)
-            out.extend(matches)
-        else:
-            out.append(arg)
-    return out, unlisted
-
-
-def parse_shard(shard: str | None) -> tuple[int, int]:
-    """`i/n` -> (i, n); without it, torchrun's RANK / WORLD_SIZE, else (0, 1)."""
-    if shard is None:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    try:
-        i, n = (int(x) for x in shard.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
-    if not 0 <= i < n:
-        raise UsageError(f"--shard {shard}: need 0 <= i < n")
-    return i, n
-
-
-def take_shard(items: list[str], index: int, count: int) -> list[str]:
-    """Every count-th item from index: each input lands in exactly one shard, whatever the count."""
-    return items[index::count]
 
 
 # ---- device and precision --------------------------------------------------------------------------------
@@ -147,40 +98,6 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-# ---- sampling defaults -----------------------------------------------------------------------------------
-SEGMENT_DATASETS = ("Something-Something v2",)  # trained and tested on one frame per segment
-
-
-def model_sampling(config, preprocessor_config: dict | None) -> tuple[SamplingSpec, str]:
-    """How a model's training sampled frames, and the evidence it comes from, first found first:
-
-    1. the `frame_sampling` section of its preprocessor_config.json (what `vmae finetune` writes);
-    2. its label set, recognised exactly (labelsets.py): Something-Something v2 takes `frames` segments;
-       Kinetics, UCF101 and HMDB51 take one central window at stride 4, the paper's Kinetics protocol;
-    3. else that same window.
-    """
-    from .labelsets import recognise
-
-    section = (preprocessor_config or {}).get("frame_sampling")
-    if section:
-        return SamplingSpec.from_dict(section), "frame_sampling in preprocessor_config.json"
-    dataset = recognise(config.id2label)
-    if dataset in SEGMENT_DATASETS:
-        return SamplingSpec(mode="uniform", frames=config.num_frames), f"labels: {dataset}"
-    if dataset is None and config.num_labels == 174:
-        log.warning(
-            "174 labels that are not Something-Something v2's: sampling a window; if this is an SSv2 model, "
-            "pass --sampling uniform"
-        )
-    window = SamplingSpec(mode="window", frames=config.num_frames, stride=4)
-    return window, f"labels: {dataset}" if dataset else "default: no frame_sampling, no known label set"
-
-
-def default_sampling(config, preprocessor_config: dict | None) -> SamplingSpec:
-    """The sampling of `model_sampling`, without its evidence."""
-    return model_sampling(config, preprocessor_config)[0]
-
-
 def preprocessor_for(model, preprocessor_config: dict | None) -> Preprocessor:
     """The model's own preprocessor_config.json, else transformers' defaults at the model's image size."""
     if preprocessor_config:
@@ -217,12 +134,12 @@ class ClipLoader:
     max_views: int = 8  # views per chunk
     timeline: Timeline | None = None
 
-    def items(self, index: int, path: str) -> Iterator[Item]:
+    def items(self, index: int, path: str, reader: VideoReader | None = None) -> Iterator[Item]:
         """(index, path, x): first the input's Clips (where its views come from), then its views in chunks
         of about max_views, uint8 (normalised where the model runs: 4x fewer bytes through queues and PCIe);
-        or, at any point, the error that ends the input."""
+        or, at any point, the error that ends the input. `reader`: the input already open (ahead.py)."""
         try:
-            with VideoReader(path, **self.reader_kwargs) as reader:
+            with reader or VideoReader(path, **self.reader_kwargs) as reader:
                 clips = plan_clips(reader, self.spec, self.timeline)
                 yield index, path, clips
                 for views in iter_views(reader, clips, self.preprocessor, self.max_views):
@@ -374,11 +291,14 @@ class Engine:
         done.record()
         return host, done
 
-    def run(self, paths: list[str], timeline: Timeline | None = None) -> Iterator[VideoResult]:
+    def run(
+        self, paths: list[str], timeline: Timeline | None = None, ahead: DecodedAhead | None = None
+    ) -> Iterator[VideoResult]:
         """Yield one VideoResult per path, in the order of `paths`, as soon as each is complete.
 
         timeline: classify consecutive windows of each video instead (see timeline.py); `outputs` then
-        has one row per window.
+        has one row per window. ahead: frames of a single input decoded while the model loaded (ahead.py),
+        used where they are what this run samples.
         """
         loader = ClipLoader(self.spec, self.preprocessor, self.reader_kwargs, self.batch_size, timeline)
         results: dict[int, VideoResult] = {}  # inputs started and not yet handed out
@@ -392,7 +312,7 @@ class Engine:
                 next_out += 1
                 yield results.pop(next_out - 1)._finish()
 
-        for index, path, item in self._loaded(paths, loader):
+        for index, path, item in self._loaded(paths, loader, ahead):
             result = results.setdefault(index, VideoResult(index, path))
             if isinstance(item, Exception):
                 result.error = item
@@ -412,14 +332,20 @@ class Engine:
         self._settle()
         yield from ready()
 
-    def _loaded(self, paths: list[str], loader: ClipLoader) -> Iterator[Item]:
+    def _loaded(
+        self, paths: list[str], loader: ClipLoader, ahead: DecodedAhead | None = None
+    ) -> Iterator[Item]:
         """The items of every input (ClipLoader.items), decoded ahead of the consumer.
 
         Several inputs decode in worker processes (a DataLoader; each worker single-threaded in torch, so
-        they neither contend for the GIL nor oversubscribe the cores); a single input decodes in a thread.
+        they neither contend for the GIL nor oversubscribe the cores); a single input decodes in a thread,
+        from the frames decoded while the model loaded where `ahead` has them.
         """
         if len(paths) <= 1:
-            yield from _ahead(item for k, p in enumerate(paths) for item in loader.items(k, p))
+            opened = None
+            if ahead is not None and paths and loader.timeline is None:
+                opened = ahead.take(paths[0], loader.spec, loader.reader_kwargs)
+            yield from _ahead(item for k, p in enumerate(paths) for item in loader.items(k, p, opened))
             return
         import multiprocessing
 

@@ -8,54 +8,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 import torch
 
-from .errors import CheckpointError, UsageError, VmaeError
-from .inference import Engine, VideoResult, default_sampling, preprocessor_for, resolve_device, resolve_dtype
-from .sampling import SamplingSpec
+from .errors import CheckpointError, VmaeError
+from .inference import Engine, VideoResult, preprocessor_for, resolve_device, resolve_dtype
+from .runoptions import RunOptions, sampling_spec  # noqa: F401 - named here first
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLASSIFIER = "MCG-NJU/videomae-base-finetuned-kinetics"
 POOLING = ("auto", "mean", "token0", "none")
-
-
-@dataclass
-class RunOptions:
-    """Options shared by classify and embed (None = the model's default)."""
-
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    workers: int = 0  # 0: automatic
-    threads: int = 0
-    frames: int | None = None
-    stride: int | None = None
-    sampling: str | None = None
-    clips: int | None = None
-    crops: int | None = None
-    timeout: float = 120.0
-
-
-def sampling_spec(config, preprocessor_config: dict | None, opts: RunOptions) -> SamplingSpec:
-    spec = default_sampling(config, preprocessor_config)
-    if opts.frames is not None and opts.frames != config.num_frames:
-        raise UsageError(
-            f"--frames {opts.frames}: this model takes exactly {config.num_frames} frames per clip "
-            "(its position table is fixed)"
-        )
-    changes = {k: v for k, v in dict(mode=opts.sampling, stride=opts.stride, clips=opts.clips,
-                                     crops=opts.crops).items() if v is not None}  # fmt: skip
-    if opts.sampling == "uniform" and opts.clips is None:
-        changes["clips"] = 1
-    try:
-        return replace(spec, frames=config.num_frames, **changes)
-    except VmaeError as e:
-        raise UsageError(str(e)) from None
 
 
 def embed_pooling(config) -> str:

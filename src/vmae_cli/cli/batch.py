@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..discover import expand_inputs, parse_shard, take_shard
 from ..errors import Interrupted, UsageError
-from ..inference import expand_inputs, parse_shard, take_shard
 
 
 def gather_inputs(

@@ -107,12 +107,10 @@ def classify(
     paper's 15 test views. The default model is MCG-NJU/videomae-base-finetuned-kinetics. --live SOURCE
     classifies a stream (URL, capture device, or - for stdin) window by window as it comes.
     """
+    from ..ahead import decoded_ahead
     from ..output import RecordWriter, check_settings, finished_records, journal_settings, partial_path
-    from ..predict import RunOptions, checked_results, classification_record, load_model
-    from ..provenance import RunProvenance
-    from ..timeline import Timeline
+    from ..runoptions import RunOptions
     from .batch import claimed, exit_code, gather_inputs, interrupted, progress, report_error, run_settings
-    from .render import print_classification
 
     if json_ and jsonl:
         raise typer.BadParameter("choose one of --json and --jsonl")
@@ -144,7 +142,16 @@ def classify(
     inputs = inputs or []
     paths, out, unlisted = gather_inputs(inputs, shard, out)
     settings = run_settings(model, revision, opts, top_k=top_k, timeline=timeline, window=window, hop=hop)
-    with claimed(out, RecordWriter.files(out) if out is not None else {}, paths, force):
+    one_video = paths[0] if len(paths) == 1 and not timeline and not resume else None
+    with (
+        claimed(out, RecordWriter.files(out) if out is not None else {}, paths, force),
+        decoded_ahead(one_video, model, revision, opts) as ahead,  # decodes while torch imports
+    ):
+        from ..predict import checked_results, classification_record, load_model  # imports torch
+        from ..provenance import RunProvenance
+        from ..timeline import Timeline
+        from .render import print_classification
+
         if resume:
             check_settings(journal_settings(out), settings, partial_path(out))
         done = finished_records(out) if resume else {}
@@ -152,7 +159,7 @@ def classify(
         net, engine = load_model(model, revision, "classify", opts) if todo else (None, None)
         provenance = RunProvenance.of(engine, model) if todo and fmt != "table" else None
         plan = Timeline(window, hop, clips) if timeline else None
-        results = engine.run(todo, plan) if todo else iter(())
+        results = engine.run(todo, plan, ahead) if todo else iter(())
         results = checked_results(results, engine)
         writer = RecordWriter(out, fmt, done=done, settings=settings) if fmt != "table" else None
         failures, finished = unlisted, 0  # folders that could not be listed: inputs that failed

@@ -1,0 +1,140 @@
+"""Decoding one video ahead (ahead.py): while torch imports, the same frames the engine would decode, once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from vmae_cli.ahead import DecodedAhead
+from vmae_cli.runoptions import RunOptions
+from vmae_cli.video import VideoReader
+
+from .conftest import REPO, run_vmae, vmae_in_process
+from .models import tiny_classifier
+from .videos import remux_with_garbage, write_video
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    return tiny_classifier(tmp_path_factory.mktemp("cls"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", 40, size=(64, 48), gop=10)
+
+
+def _engine(classifier, **opts):
+    from vmae_cli.predict import load_model
+
+    return load_model(str(classifier), None, "classify", RunOptions(dtype="fp32", **opts))[1]
+
+
+def test_the_frames_decoded_ahead_are_the_engines_and_are_used(classifier, clip):
+    engine = _engine(classifier)
+    ahead = DecodedAhead.start(str(clip), str(classifier), None, RunOptions(dtype="fp32"))
+    ahead._thread.join()
+    assert ahead.spec == engine.spec
+    held = dict(ahead._reader.held)
+    with VideoReader(clip) as reader:
+        wanted = np.unique(engine.spec.indices(reader.count_frames()))
+        assert sorted(held) == wanted.tolist()
+        assert np.array_equal(np.stack([held[j] for j in wanted.tolist()]), reader.get_frames(wanted))
+    taken = ahead._reader
+    (with_ahead,) = engine.run([str(clip)], ahead=ahead)
+    assert taken.held == {}  # every frame was given out to the engine, none decoded twice
+    (without,) = engine.run([str(clip)])
+    assert with_ahead.ok and np.array_equal(with_ahead.clips.indices, without.clips.indices)
+    assert (with_ahead.outputs == without.outputs).all()
+
+
+def test_frames_decoded_for_another_sampling_or_path_are_not_used(classifier, clip, tmp_path):
+    ahead = DecodedAhead.start(str(clip), str(classifier), None, RunOptions(dtype="fp32"))
+    ahead._thread.join()
+    spec = ahead.spec
+    assert ahead.take(str(clip), replace(spec, stride=1), ahead.reader_kwargs) is None
+    ahead = DecodedAhead.start(str(clip), str(classifier), None, RunOptions(dtype="fp32"))
+    assert ahead.take(str(clip), spec, {**ahead.reader_kwargs, "threads": 3}) is None
+    ahead = DecodedAhead.start(str(clip), str(classifier), None, RunOptions(dtype="fp32"))
+    assert ahead.take(str(tmp_path / "other.mp4"), spec, ahead.reader_kwargs) is None
+    ahead = DecodedAhead.start(str(clip), str(classifier), None, RunOptions(dtype="fp32"))
+    reader = ahead.take(str(clip), spec, ahead.reader_kwargs)
+    assert reader is not None and reader.held
+    reader.close()
+
+
+def test_the_cli_output_is_the_same_with_and_without_decoding_ahead(capsys, classifier, clip):
+    """One input decodes ahead; the same input beside a second one does not: its record is the same."""
+    code, out, err = vmae_in_process(
+        capsys, "classify", clip, "--model", classifier, "--json", "--dtype", "fp32"
+    )
+    assert code == 0, err
+    code, out2, err = vmae_in_process(
+        capsys, "classify", clip, clip, "--model", classifier, "--json", "--dtype", "fp32", "--workers", "1"
+    )
+    assert code == 0, err
+    assert json.loads(out)[0] == json.loads(out2)[0]
+
+
+def test_torch_is_imported_after_decoding_started(classifier, clip):
+    """The point of it: `vmae classify clip.mp4` starts decoding before it imports torch."""
+    script = (
+        "import sys\n"
+        "import vmae_cli.ahead as ahead\n"
+        "start = ahead.DecodedAhead.start.__func__\n"
+        "def spy(cls, *a):\n"
+        "    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n"
+        "    return start(cls, *a)\n"
+        "ahead.DecodedAhead.start = classmethod(spy)\n"
+        "from vmae_cli.cli.app import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "classify", str(clip), "--model", str(classifier), "--json"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ}, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stderr
+    assert json.loads(result.stdout)[0]["ok"]
+
+
+def test_a_damaged_video_warns_once_and_a_broken_one_fails_once(tmp_path, classifier, clip):
+    """What decoding ahead says is said once, when the engine takes its frames; an input it cannot read is
+    reported by the engine, as any other."""
+    ip = write_video(
+        tmp_path / "ip.mkv", 13, gop=10, options={"x264-params": "bframes=0"}
+    )  # samples 0, 4, 8, 12
+    damaged = remux_with_garbage(ip, tmp_path / "damaged.mkv", {12})
+    result = run_vmae("classify", str(damaged), "--model", str(classifier), "--json", "--dtype", "fp32")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("did not decode") == 1, result.stderr
+    assert "more like it" not in result.stderr
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(np.random.default_rng(0).bytes(3000))
+    result = run_vmae("classify", str(broken), "--model", str(classifier), "--jsonl")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert json.loads(result.stdout)["ok"] is False
+
+
+def test_close_stops_the_thread_and_a_model_not_on_this_machine_decodes_nothing(classifier, clip):
+    ahead = DecodedAhead.start(str(clip), str(classifier), None, RunOptions())
+    ahead.close()
+    assert not ahead._thread.is_alive() and ahead._reader is None
+    ahead = DecodedAhead.start(str(clip), "acme/not-downloaded", None, RunOptions())
+    ahead._thread.join()
+    assert ahead.spec is None and ahead._reader is None
+    assert DecodedAhead.start(str(clip.parent), str(classifier), None, RunOptions()) is None  # not a file
+
+
+def test_a_video_too_large_to_hold_is_left_to_the_engine(classifier, clip):
+    ahead = DecodedAhead(str(clip), str(classifier), None, RunOptions(), budget=64 * 48 * 3)  # one frame
+    ahead._thread.start()
+    ahead._thread.join()
+    assert ahead.spec is not None and ahead._reader is None
