@@ -138,3 +138,28 @@ def test_a_video_too_large_to_hold_is_left_to_the_engine(classifier, clip):
     ahead._thread.start()
     ahead._thread.join()
     assert ahead.spec is not None and ahead._reader is None
+
+
+WHEN_TORCH_LOADS = """
+import os, sys
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print("OMP_WAIT_POLICY when torch loads:", os.environ.get("OMP_WAIT_POLICY"), file=sys.stderr)
+            sys.meta_path.remove(self)
+sys.meta_path.insert(0, Spy())
+from vmae_cli.cli.app import main
+main(sys.argv[1:])
+"""
+
+
+def test_torch_loads_with_threads_that_sleep_unless_the_user_says_otherwise(classifier, clip):
+    """OpenMP reads OMP_WAIT_POLICY when torch loads it: classify sets it first (cli/batch.py)."""
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for env, expected in (({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")):
+        result = subprocess.run(
+            [sys.executable, "-c", WHEN_TORCH_LOADS, "classify", str(clip), "--model", str(classifier)],
+            capture_output=True, text=True, cwd=REPO, env={**environ, **env}, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert f"OMP_WAIT_POLICY when torch loads: {expected}" in result.stderr

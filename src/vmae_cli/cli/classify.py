@@ -107,6 +107,9 @@ def classify(
     paper's 15 test views. The default model is MCG-NJU/videomae-base-finetuned-kinetics. --live SOURCE
     classifies a stream (URL, capture device, or - for stdin) window by window as it comes.
     """
+    from .batch import idle_threads_sleep
+
+    idle_threads_sleep()  # before torch is imported
     from ..ahead import decoded_ahead
     from ..output import RecordWriter, check_settings, finished_records, journal_settings, partial_path
     from ..runoptions import RunOptions
