@@ -76,7 +76,7 @@ def write_clip(path: Path, seconds: int, size: tuple[int, int], rate: int = 25, 
 
 def build_model(folder: Path, preset: str, labels: int = 400) -> Path:
     from vmae_cli import VideoMAEConfig, VideoMAEForVideoClassification
-    from vmae_cli.preprocess import Preprocessor
+    from vmae_cli.video.preprocess import Preprocessor
 
     if (folder / "model.safetensors").exists():
         return folder
@@ -108,8 +108,8 @@ import sys, time
 start = time.perf_counter()
 import torch
 imported = time.perf_counter()
-from vmae_cli.predict import RunOptions, load_model
-from vmae_cli.video import VideoReader
+from vmae_cli.inference.tasks import RunOptions, load_model
+from vmae_cli.video.reader import VideoReader
 t = time.perf_counter()
 net, engine = load_model(sys.argv[1], None, "classify", RunOptions(device=sys.argv[3]))
 loaded = time.perf_counter() - t
@@ -177,7 +177,8 @@ def bench_embed(cache: Path, preset: str, n: int, batch: int, device: str, worke
     from bench_video import cpu_name
 
     from vmae_cli import VideoMAEForVideoClassification
-    from vmae_cli.inference import ClipLoader, resolve_device
+    from vmae_cli.inference.engine import ClipLoader
+    from vmae_cli.runtime import resolve_device
 
     base = write_clip(cache / "clip_360p_4s.mp4", 4, (640, 360))
     model_dir = build_model(cache / f"vit-{preset}-random", preset)
@@ -191,7 +192,7 @@ def bench_embed(cache: Path, preset: str, n: int, batch: int, device: str, worke
                 target.hardlink_to(base)
         return folder
 
-    from vmae_cli.predict import RunOptions, embedding, load_model
+    from vmae_cli.inference.tasks import RunOptions, embedding, load_model
 
     dev = resolve_device(device)
     net = VideoMAEForVideoClassification.from_pretrained(model_dir, device=dev)
@@ -288,7 +289,7 @@ def bench_forward(rounds: int) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vmae_cli import VideoMAEConfig, VideoMAEForVideoClassification
-    from vmae_cli.inference import resolve_dtype
+    from vmae_cli.runtime import resolve_dtype
 
     config = VideoMAEConfig.from_preset("base").replace(
         use_mean_pooling=True, id2label={i: f"class {i}" for i in range(400)}

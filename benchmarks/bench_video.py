@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from vmae_cli.preprocess import Preprocessor  # noqa: E402
-from vmae_cli.sampling import window_indices  # noqa: E402
-from vmae_cli.video import VideoReader  # noqa: E402
+from vmae_cli.video.preprocess import Preprocessor  # noqa: E402
+from vmae_cli.video.reader import VideoReader  # noqa: E402
+from vmae_cli.video.sampling import window_indices  # noqa: E402
 
 
 def make_video(path: Path, seconds: int, width: int, height: int, rate: int = 25, gop: int = 250) -> Path:
@@ -157,7 +157,7 @@ def peak_rss_mb(path: Path) -> float:
     child would report this (torch-importing) parent's peak; VmHWM is per address space."""
     code = (
         "import resource, sys; sys.path.insert(0, sys.argv[2]); import numpy as np;"
-        "from vmae_cli.video import VideoReader\n"
+        "from vmae_cli.video.reader import VideoReader\n"
         "with VideoReader(sys.argv[1]) as r:\n"
         "    n = r.count_frames(); r.get_frames(np.arange(n - 64, n, 4))\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from vmae_cli.config import VideoMAEConfig
-from vmae_cli.model import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
+from vmae_cli.models.config import VideoMAEConfig
+from vmae_cli.models.modeling import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 
 TINY_PREPROCESSOR = {
     "crop_size": {"height": 32, "width": 32},

@@ -11,9 +11,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from vmae_cli.ahead import DecodedAhead
-from vmae_cli.runoptions import RunOptions
-from vmae_cli.video import VideoReader
+from vmae_cli.inference.ahead import DecodedAhead
+from vmae_cli.inference.options import RunOptions
+from vmae_cli.video.reader import VideoReader
 
 from .conftest import REPO, run_vmae, vmae_in_process
 from .models import tiny_classifier
@@ -31,7 +31,7 @@ def clip(tmp_path_factory):
 
 
 def _engine(classifier, **opts):
-    from vmae_cli.predict import load_model
+    from vmae_cli.inference.tasks import load_model
 
     return load_model(str(classifier), None, "classify", RunOptions(dtype="fp32", **opts))[1]
 
@@ -86,7 +86,7 @@ def test_torch_is_imported_after_decoding_started(classifier, clip):
     """The point of it: `vmae classify clip.mp4` starts decoding before it imports torch."""
     script = (
         "import sys\n"
-        "import vmae_cli.ahead as ahead\n"
+        "import vmae_cli.inference.ahead as ahead\n"
         "start = ahead.DecodedAhead.start.__func__\n"
         "def spy(cls, *a):\n"
         "    print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n"

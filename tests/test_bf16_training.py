@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmae_cli.pretraining import resolve_recipe, run_pretraining
+from vmae_cli.training.pretrain import resolve_recipe, run_pretraining
 
 from .conftest import read_metrics
 from .videos import write_video

@@ -74,7 +74,7 @@ def test_scores_match_transformers_on_the_same_frames(capsys, corpus, classifier
     """The whole path (decode, sample, preprocess, model, softmax) against transformers' processor + model."""
     import transformers
 
-    from vmae_cli.video import VideoReader
+    from vmae_cli.video.reader import VideoReader
 
     path = str(corpus / "v2.mp4")
     code, out, _ = vmae(
@@ -231,8 +231,8 @@ def test_classify_needs_a_classifier(capsys, tmp_path, corpus):
 # ---- embed ------------------------------------------------------------------------------------------------
 def _reference_features(path, model_dir):
     from vmae_cli import VideoMAEForVideoClassification
-    from vmae_cli.clips import load_clips
-    from vmae_cli.inference import default_sampling, preprocessor_for
+    from vmae_cli.inference.engine import default_sampling, preprocessor_for
+    from vmae_cli.video.clips import load_clips
 
     model = VideoMAEForVideoClassification.from_pretrained(model_dir)
     spec = default_sampling(model.config, model.preprocessor_config)
@@ -355,7 +355,7 @@ def test_embed_resume_refuses_a_journal_made_with_other_settings(capsys, tmp_pat
 def test_a_resumed_journal_keeps_earlier_records_at_every_moment(tmp_path):
     """Records an interrupted run finished are journaled before any new work, not when their turn comes in
     input order: a second kill, while an earlier input is still being computed, loses none of them."""
-    from vmae_cli.output import RecordWriter, finished_records
+    from vmae_cli.inference.writers import RecordWriter, finished_records
 
     out = tmp_path / "preds.jsonl"
     done = {"c.mp4": {"path": "c.mp4", "ok": True, "predictions": []}}

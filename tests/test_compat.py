@@ -21,10 +21,10 @@ from vmae_cli import (
     VideoMAEForVideoClassification,
     VideoMAEModel,
 )
-from vmae_cli.checkpoint import normalize_keys
 from vmae_cli.errors import CheckpointError
-from vmae_cli.masking import tube_mask
-from vmae_cli.video import VideoReader
+from vmae_cli.models.loading import normalize_keys
+from vmae_cli.models.masking import tube_mask
+from vmae_cli.video.reader import VideoReader
 
 from .conftest import DATA, run_vmae
 from .models import build, tiny_classifier, tiny_config, tiny_encoder, tiny_pretraining

@@ -7,9 +7,9 @@ import json
 import pytest
 import transformers
 
-from vmae_cli.config import VideoMAEConfig, preset_names
 from vmae_cli.errors import ConfigError
-from vmae_cli.model import count_parameters
+from vmae_cli.models.config import VideoMAEConfig, preset_names
+from vmae_cli.models.modeling import count_parameters
 
 HF_FIELDS = [
     "image_size",

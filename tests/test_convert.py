@@ -1,7 +1,7 @@
 """`vmae convert`: original VideoMAE, VideoMAEv2 and transformers checkpoints -> HF folders, safely and faithfully.
 
 Source checkpoints are built here from tiny random models, renamed to the original layout by the documented
-key names (independently of vmae_cli.convert), and saved the way the original training scripts save them.
+key names (independently of vmae_cli.convert.build), and saved the way the original training scripts save them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import transformers
 from safetensors.torch import load_file
 
 from vmae_cli import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
-from vmae_cli.convert import ConversionError, convert_checkpoint, load_labels
+from vmae_cli.convert.build import ConversionError, convert_checkpoint, load_labels
+from vmae_cli.convert.reference import reference_forward
 from vmae_cli.errors import CheckpointError, UsageError
-from vmae_cli.masking import tube_mask
-from vmae_cli.reference import reference_forward
+from vmae_cli.models.masking import tube_mask
 
 from .conftest import run_vmae
 from .models import build, tiny_config
@@ -204,7 +204,7 @@ def test_hf_source_with_another_activation_verifies(tmp_path):
 def test_pos_embed_sinusoid_is_dropped_and_gives_the_frame_count(tmp_path):
     _, hf_state = source_model(tmp_path, "classifier", use_mean_pooling=True)
     original = to_original(hf_state)
-    from vmae_cli.model import sinusoid_table
+    from vmae_cli.models.modeling import sinusoid_table
 
     original["pos_embed"] = sinusoid_table(32, 64).unsqueeze(0)  # 2 x 4 x 4 tokens: 4 frames at 32 px
     torch.save({"model": original}, tmp_path / "c.pth")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.model import VideoMAEForPreTraining, VideoMAEForVideoClassification
+from vmae_cli.models.modeling import VideoMAEForPreTraining, VideoMAEForVideoClassification
 
 from .conftest import REPO, load_script, run_vmae
 
@@ -64,7 +64,7 @@ def test_demo_models_load_in_transformers_with_equal_outputs(folder, ours, their
     x = torch.randn(2, config.num_frames, 3, *config.image_hw, generator=g)
     with torch.no_grad():
         if ours is VideoMAEForPreTraining:
-            from vmae_cli.masking import tube_mask
+            from vmae_cli.models.masking import tube_mask
 
             mask = tube_mask(config, 2, 0.75, generator=g)
             np.testing.assert_allclose(a(x, mask).logits, b(x, bool_masked_pos=mask).logits, atol=1e-5)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.clips import iter_views, load_clips, plan_clips
-from vmae_cli.model import VideoMAEForVideoClassification
-from vmae_cli.preprocess import Preprocessor
-from vmae_cli.sampling import SamplingSpec
-from vmae_cli.video import VideoReader
+from vmae_cli.models.modeling import VideoMAEForVideoClassification
+from vmae_cli.video.clips import iter_views, load_clips, plan_clips
+from vmae_cli.video.preprocess import Preprocessor
+from vmae_cli.video.reader import VideoReader
+from vmae_cli.video.sampling import SamplingSpec
 
 from .conftest import REPO
 from .conftest import vmae_in_process as vmae

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.clips import load_clips
-from vmae_cli.export import export_model
-from vmae_cli.masking import decoder_mask, tube_mask
-from vmae_cli.model import (
+from vmae_cli.inference.export import export_model
+from vmae_cli.models.masking import decoder_mask, tube_mask
+from vmae_cli.models.modeling import (
     ImageClassifierOutput,
     VideoMAEForPreTraining,
     VideoMAEForVideoClassification,
     VideoMAEModel,
 )
-from vmae_cli.preprocess import Preprocessor
-from vmae_cli.sampling import SamplingSpec
+from vmae_cli.video.clips import load_clips
+from vmae_cli.video.preprocess import Preprocessor
+from vmae_cli.video.sampling import SamplingSpec
 
 from .conftest import REPO, run_vmae, vmae_in_process
 from .models import tiny_classifier, tiny_encoder, tiny_pretraining

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.evaluation import Accuracy, finetune_splits, load_labelled
-from vmae_cli.finetuning import (
+from vmae_cli.inference.evaluate import Accuracy, finetune_splits, load_labelled
+from vmae_cli.training.finetune import (
     ClassificationLoss,
     FinetuneAugment,
     build_classifier,
@@ -121,8 +121,8 @@ def _direct(model_dir: Path, root: Path, clips: int, crops: int) -> tuple[np.nda
     from dataclasses import replace
 
     from vmae_cli import VideoMAEForVideoClassification
-    from vmae_cli.clips import load_clips
-    from vmae_cli.inference import default_sampling, preprocessor_for
+    from vmae_cli.inference.engine import default_sampling, preprocessor_for
+    from vmae_cli.video.clips import load_clips
 
     model = VideoMAEForVideoClassification.from_pretrained(model_dir)
     spec = replace(default_sampling(model.config, model.preprocessor_config), clips=clips, crops=crops)
@@ -306,7 +306,7 @@ def test_integer_labels_sort_numerically(tmp_path):
 
 
 def test_synthetic_generator_writes_the_layout(tmp_path):
-    from vmae_cli.video import VideoReader
+    from vmae_cli.video.reader import VideoReader
 
     module = load_script("make_synthetic")
     module.make_dataset(tmp_path, unlabelled=1, train=1, val=1, samples=1)
@@ -319,7 +319,7 @@ def test_synthetic_generator_writes_the_layout(tmp_path):
 
 
 def test_motion4_generator_writes_the_layout_with_only_motion_telling_classes_apart(tmp_path):
-    from vmae_cli.video import VideoReader
+    from vmae_cli.video.reader import VideoReader
 
     module = load_script("make_motion4")
     module.make_dataset(tmp_path, unlabelled=1, train=5, val=1)
@@ -354,8 +354,8 @@ def test_flip_warning_on_direction_classes_and_no_flip_turns_flips_off(data, tmp
 
 
 def test_mirrored_labels_on_the_real_label_sets():
-    from vmae_cli.convert import load_labels
-    from vmae_cli.finetuning import mirrored_labels
+    from vmae_cli.convert.build import load_labels
+    from vmae_cli.training.finetune import mirrored_labels
 
     # K400's "push up" or "baby waking up" keep their label in a mirror
     assert mirrored_labels(load_labels("k400", 400).values()) == []
@@ -377,8 +377,8 @@ def test_mirrored_labels_on_the_real_label_sets():
      ("base", "base", "base"), ("large", "base", "base"), ("huge", "base", "base")],
 )  # fmt: skip
 def test_the_recipe_fits_the_model_size_not_its_name(tmp_path, model, pretrain, finetune):
-    from vmae_cli.config import VideoMAEConfig
-    from vmae_cli.recipe import recipe_for_model
+    from vmae_cli.models.config import VideoMAEConfig
+    from vmae_cli.training.recipe import recipe_for_model
 
     assert (recipe_for_model(model, "pretrain"), recipe_for_model(model, "finetune")) == (pretrain, finetune)
     folder = tmp_path / "renamed"  # a run's model folder: the same architecture, no preset name to go by
@@ -392,9 +392,9 @@ def test_the_recipe_fits_the_model_size_not_its_name(tmp_path, model, pretrain, 
 def test_finetune_of_a_small_pretrained_folder_takes_the_small_data_recipe(tmp_path):
     """The issue's case: `vmae finetune --model RUN/model` of a mini-sized encoder used to take the ViT-B recipe
     (320-pixel decode, mixup 0.8, cutmix 1.0, lr 5e-4 x 16 / 256 = 3.1e-5, a loss that stays at ln 4)."""
-    from vmae_cli.config import VideoMAEConfig
-    from vmae_cli.model import VideoMAEForPreTraining
-    from vmae_cli.training import plan_steps
+    from vmae_cli.models.config import VideoMAEConfig
+    from vmae_cli.models.modeling import VideoMAEForPreTraining
+    from vmae_cli.training.loop import plan_steps
 
     folder = tmp_path / "run" / "model"
     VideoMAEForPreTraining(VideoMAEConfig.from_preset("mini")).save_pretrained(folder)

@@ -25,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vmae_cli.config import VideoMAEConfig
+from vmae_cli.models.config import VideoMAEConfig
 
 from .conftest import REPO, run_vmae, vmae_in_process
 from .models import tiny_classifier
@@ -241,7 +241,7 @@ def test_attack(capsys, tmp_path, base, attack):
 def test_refusals_name_file_field_value_and_what_fits(tmp_path, base):
     """The typed error behind the messages: a program can read the fields."""
     from vmae_cli.errors import FieldError
-    from vmae_cli.model import VideoMAEForVideoClassification
+    from vmae_cli.models.modeling import VideoMAEForVideoClassification
 
     model, video = base
     config(num_hidden_layers=1_000_000)(tmp_path, model, video)

@@ -228,7 +228,7 @@ def test_a_model_that_produces_nan_gives_error_records_and_strict_json(
 
 def test_json_writer_refuses_non_finite_numbers_naming_where():
     from vmae_cli.errors import VmaeError
-    from vmae_cli.output import dumps
+    from vmae_cli.inference.writers import dumps
 
     assert strict_json(dumps({"a": [1.0, 2.5]})) == {"a": [1.0, 2.5]}
     with pytest.raises(VmaeError, match=r"predictions\[0\]\.score is nan"):
@@ -496,8 +496,8 @@ def test_no_room_for_a_checkpoint_is_one_line_and_leaves_no_temporary(footage, t
 
 def test_metrics_count_non_finite_gradient_norms_instead_of_writing_them():
     """An fp16 step that the gradient scaler skips has an infinite norm: metrics.jsonl stays strict JSON."""
-    from vmae_cli.output import dumps
-    from vmae_cli.training import _Window
+    from vmae_cli.inference.writers import dumps
+    from vmae_cli.training.loop import _Window
 
     window = _Window()
     window.add(0.5, 2, 1.5)

@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
-from vmae_cli.config import VideoMAEConfig
-from vmae_cli.masking import tube_mask
-from vmae_cli.model import VideoMAEForPreTraining, VideoMAEForVideoClassification, patchify
+from vmae_cli.models.config import VideoMAEConfig
+from vmae_cli.models.masking import tube_mask
+from vmae_cli.models.modeling import VideoMAEForPreTraining, VideoMAEForVideoClassification, patchify
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1)

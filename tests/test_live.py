@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmae_cli.live import live_classify
-from vmae_cli.model import VideoMAEForVideoClassification
-from vmae_cli.predict import RunOptions, load_model
+from vmae_cli.inference.live import live_classify
+from vmae_cli.inference.tasks import RunOptions, load_model
+from vmae_cli.models.modeling import VideoMAEForVideoClassification
 
 from .conftest import REPO
 from .models import TINY_PREPROCESSOR, build, tiny_config
@@ -205,7 +205,7 @@ def test_a_stalled_stream_ends_with_an_error(model, tmp_path):
     the windows so far are out and LiveSourceError says the stream stalled."""
     import threading
 
-    from vmae_cli.live import LiveSourceError
+    from vmae_cli.inference.live import LiveSourceError
 
     data = tmp_path / "s.ts"
     with open(data, "wb") as f:

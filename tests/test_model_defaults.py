@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from vmae_cli.labelsets import bundled, recognise
-from vmae_cli.sampling import segment_indices, window_indices
+from vmae_cli.models.labelsets import bundled, recognise
+from vmae_cli.video.sampling import segment_indices, window_indices
 
 from .conftest import run_vmae, vmae_in_process
 from .models import TINY_PREPROCESSOR, tiny_classifier, tiny_pretraining
@@ -237,8 +237,8 @@ def test_auto_dtype_per_command(cpu_bf16):
     """classify and training: bf16 where the CPU has it natively; embed: fp32 on any CPU unless asked."""
     import torch
 
-    from vmae_cli.inference import resolve_dtype
-    from vmae_cli.training import Precision
+    from vmae_cli.runtime import resolve_dtype
+    from vmae_cli.training.loop import Precision
 
     cpu, native = torch.device("cpu"), torch.bfloat16 if cpu_bf16 else torch.float32
     assert resolve_dtype("auto", cpu, cpu_bf16=True) == native  # classify, evaluate
@@ -251,7 +251,7 @@ def test_the_bf16_switch_is_checked(monkeypatch):
     import torch
 
     from vmae_cli.errors import UsageError
-    from vmae_cli.inference import resolve_dtype
+    from vmae_cli.runtime import resolve_dtype
 
     monkeypatch.setenv("VMAE_CPU_BF16", "yes")
     with pytest.raises(UsageError, match="VMAE_CPU_BF16='yes': expected 1"):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.clips import load_clips, load_frames
 from vmae_cli.errors import CheckpointError, ConfigError
-from vmae_cli.preprocess import Preprocessor
-from vmae_cli.sampling import SamplingSpec
-from vmae_cli.video import VideoReader
+from vmae_cli.video.clips import load_clips, load_frames
+from vmae_cli.video.preprocess import Preprocessor
+from vmae_cli.video.reader import VideoReader
+from vmae_cli.video.sampling import SamplingSpec
 
 from .conftest import DATA
 from .videos import frame_number, write_video

@@ -15,13 +15,20 @@ import pytest
 import torch
 
 from vmae_cli.cli.app import main
-from vmae_cli.config import VideoMAEConfig
-from vmae_cli.data import EpochSampler, list_videos, multi_scale_crop_box
-from vmae_cli.masking import decoder_mask, tube_mask
-from vmae_cli.model import ShapeError, VideoMAEForPreTraining, pretraining_targets
-from vmae_cli.pretraining import resolve_recipe, run_pretraining, write_png
-from vmae_cli.recipe import OptimRecipe, PretrainRecipe, RecipeError, load_recipe, recipe_path, to_toml
-from vmae_cli.training import cosine_lr, no_weight_decay, param_groups
+from vmae_cli.models.config import VideoMAEConfig
+from vmae_cli.models.masking import decoder_mask, tube_mask
+from vmae_cli.models.modeling import ShapeError, VideoMAEForPreTraining, pretraining_targets
+from vmae_cli.training.data import EpochSampler, list_videos, multi_scale_crop_box
+from vmae_cli.training.loop import cosine_lr, no_weight_decay, param_groups
+from vmae_cli.training.pretrain import resolve_recipe, run_pretraining, write_png
+from vmae_cli.training.recipe import (
+    OptimRecipe,
+    PretrainRecipe,
+    RecipeError,
+    load_recipe,
+    recipe_path,
+    to_toml,
+)
 
 from .conftest import REPO, read_metrics
 from .videos import write_video
@@ -106,7 +113,7 @@ def test_decoder_mask_picks_masked_tokens_and_the_model_decodes_just_those():
 def test_output_loads_in_transformers_with_the_same_loss(videos, tmp_path):
     transformers = pytest.importorskip("transformers")
     from vmae_cli import VideoMAEForPreTraining
-    from vmae_cli.masking import tube_mask
+    from vmae_cli.models.masking import tube_mask
 
     run = tmp_path / "run"
     recipe = resolve_recipe(
@@ -244,7 +251,7 @@ def test_schedule_warms_up_then_follows_a_cosine():
 
 
 def test_lr_rule_is_linear_from_256_clips_up_and_square_root_below():
-    from vmae_cli.training import scaled_lr
+    from vmae_cli.training.loop import scaled_lr
 
     # the paper's batches keep the paper's lr: ViT-B pre-training 2048 clips, fine-tuning 512
     assert scaled_lr(1.5e-4, 2048) == pytest.approx(1.2e-3) and scaled_lr(5e-4, 512) == pytest.approx(1e-3)
@@ -256,7 +263,7 @@ def test_lr_rule_is_linear_from_256_clips_up_and_square_root_below():
 
 
 def test_lr_plan_scales_with_the_batch_and_an_absolute_lr_keeps_the_floor_below_it():
-    from vmae_cli.training import plan_steps
+    from vmae_cli.training.loop import plan_steps
 
     optim = OptimRecipe(batch_size=16, epochs=10, warmup_epochs=1.0, blr=0.3, min_lr=0.05, warmup_lr=0.0)
     plan = plan_steps(optim, 160, 10, clips_per_video=1, world=2)  # global batch 32

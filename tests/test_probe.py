@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmae_cli.probe import knn_scores, read_features, ridge_scores, run_probes
+from vmae_cli.inference.probe import knn_scores, read_features, ridge_scores, run_probes
 
 from .conftest import vmae_in_process
 from .models import tiny_pretraining

@@ -13,7 +13,7 @@ import av
 import pytest
 
 import vmae_cli
-from vmae_cli.provenance import file_sha256
+from vmae_cli.inference.provenance import file_sha256
 
 from .conftest import REPO, run_vmae
 from .models import tiny_classifier

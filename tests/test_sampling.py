@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vmae_cli.errors import ConfigError
-from vmae_cli.sampling import (
+from vmae_cli.video.sampling import (
     SamplingSpec,
     random_segment_indices,
     random_window_indices,

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.model import VideoMAEForVideoClassification
-from vmae_cli.preprocess import Preprocessor
-from vmae_cli.sampling import SamplingSpec
-from vmae_cli.timeline import Timeline, plan_timeline
-from vmae_cli.video import VideoReader
+from vmae_cli.models.modeling import VideoMAEForVideoClassification
+from vmae_cli.video.preprocess import Preprocessor
+from vmae_cli.video.reader import VideoReader
+from vmae_cli.video.sampling import SamplingSpec
+from vmae_cli.video.timeline import Timeline, plan_timeline
 
 from .conftest import vmae_in_process as vmae
 from .models import TINY_PREPROCESSOR, build, tiny_config

@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
-from vmae_cli import video as video_module
 from vmae_cli.errors import VmaeError
-from vmae_cli.video import (
+from vmae_cli.video import reader as video_module
+from vmae_cli.video.reader import (
     EmptyVideoError,
     NoVideoStreamError,
     VideoDecodeError,
@@ -184,7 +184,7 @@ def test_indices_past_the_end_are_clamped_and_reported(tmp_path, caplog):
     the end. They still give the last frame (the shape stays what was asked for), and the call says so once."""
     path = write_video(tmp_path / "short.mp4", 16, gop=8)
     with VideoReader(path) as r:
-        with caplog.at_level(logging.WARNING, logger="vmae_cli.video"):
+        with caplog.at_level(logging.WARNING, logger="vmae_cli.video.reader"):
             frames = r.get_frames(range(0, 64, 4))
         assert [frame_number(f) for f in frames] == [0, 4, 8, 12] + [15] * 12
         assert r.clamped.tolist() == list(range(16, 64, 4))

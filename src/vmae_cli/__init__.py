@@ -6,12 +6,12 @@ The public names load lazily, so `import vmae_cli` (and `vmae --help`) does not 
 from ._version import __version__
 
 _EXPORTS = {
-    "VideoMAEConfig": "config",
-    "VideoMAEModel": "model",
-    "VideoMAEForPreTraining": "model",
-    "VideoMAEForVideoClassification": "model",
-    "Preprocessor": "preprocess",
-    "VideoReader": "video",
+    "VideoMAEConfig": "models.config",
+    "VideoMAEModel": "models.modeling",
+    "VideoMAEForPreTraining": "models.modeling",
+    "VideoMAEForVideoClassification": "models.modeling",
+    "Preprocessor": "video.preprocess",
+    "VideoReader": "video.reader",
 }
 
 __all__ = ["__version__", *_EXPORTS]

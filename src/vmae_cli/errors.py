@@ -1,10 +1,29 @@
-"""Exceptions that the CLI turns into one-line messages (see cli/app.py).
+"""The library's typed errors. The CLI turns them into one-line messages and exit codes (cli/errors.py).
 
-Every expected failure derives from `VmaeError`; its message is written for a person and says
-what to do. Anything else reaching the CLI is a bug and keeps its traceback under VMAE_DEBUG=1.
+Every expected failure derives from `VmaeError`; its message is written for a person and says what to do.
+Anything else reaching the CLI is a bug and keeps its traceback under VMAE_DEBUG=1.
+
+The library speaks of its own parameters, never of command-line flags: a message names a parameter with
+`option("dtype")`, which reads `dtype` to a Python caller and `--dtype` (or whatever cli/errors.py maps it to)
+to a user of the command line.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+_MARK = "\x1f"  # the ASCII unit separator: brackets a parameter's name inside a message
+_OPTION = re.compile(f"{_MARK}([^{_MARK}]+){_MARK}")
+
+
+def option(name: str) -> str:
+    """A parameter named inside an error message (`name` as the Python API spells it, e.g. "dtype", "out")."""
+    return f"{_MARK}{name}{_MARK}"
+
+
+def python_name(name: str) -> str:
+    return f"`{name}`"
 
 
 class VmaeError(Exception):
@@ -12,11 +31,26 @@ class VmaeError(Exception):
 
     exit_code = 1
 
+    def render(self, name: Callable[[str], str] = python_name) -> str:
+        """The message, with each parameter it names spelled by `name` (the CLI passes its flags' table)."""
+        return _OPTION.sub(lambda m: name(m.group(1)), super().__str__())
 
-class UsageError(VmaeError):
-    """Bad flags or arguments (exit code 2)."""
+    def __str__(self) -> str:
+        return self.render()
+
+
+class UsageError(VmaeError, ValueError):
+    """A value that a caller passed and vmae refuses (exit code 2 on the command line).
+
+    Fields, where known: `param` (the parameter's name, as in `option()`), `value` (what was passed),
+    `allowed` (what would fit: a tuple of choices or a range in words), `path` (a file the value names).
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, param: str | None = None, value=None, allowed=None, path=None):
+        super().__init__(message)
+        self.param, self.value, self.allowed, self.path = param, value, allowed, path
 
 
 class CheckpointError(VmaeError):
@@ -59,8 +93,9 @@ class FieldError(ConfigError):
             self.path = path
         return self
 
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path is not None else self.message
+    def render(self, name: Callable[[str], str] = python_name) -> str:
+        text = super().render(name)
+        return f"{self.path}: {text}" if self.path is not None else text
 
 
 class Interrupted(VmaeError):

@@ -15,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import VmaeError
-from . import classify, convert, embed, evaluate, export, finetune, info, pretrain, probe
+from . import classify, convert, embed, errors, evaluate, export, finetune, info, pretrain, probe
 from .help import Command, Group, examples
 from .logs import messages_to
 
@@ -82,8 +82,8 @@ def _run(argv: list[str] | None, debug: bool) -> int | None:
     except VmaeError as e:
         if debug:
             raise
-        typer.echo(f"error: {e}", err=True)
-        code = e.exit_code
+        typer.echo(f"error: {errors.message(e)}", err=True)
+        code = errors.exit_code(e)
     except OSError as e:  # a path that cannot be written or read (no such folder, read-only, disk full)
         if debug:
             raise

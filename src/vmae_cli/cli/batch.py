@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..discover import expand_inputs, parse_shard, take_shard
 from ..errors import Interrupted, UsageError
+from ..video.discover import expand_inputs, parse_shard, take_shard
 
 
 def idle_threads_sleep() -> None:
@@ -90,7 +90,7 @@ def claimed(out: Path | None, files: dict[Path, str], inputs: list[str], force: 
     """Make sure the run's outputs destroy nothing (`check_outputs`), then hold the lock on `out` until the
     run ends, so that a second run with the same --out is refused instead of mixing into this one."""
     from ..files import exclusive_lock
-    from ..output import check_outputs
+    from ..inference.writers import check_outputs
 
     if out is None:
         yield

@@ -110,9 +110,15 @@ def classify(
     from .batch import idle_threads_sleep
 
     idle_threads_sleep()  # before torch is imported
-    from ..ahead import decoded_ahead
-    from ..output import RecordWriter, check_settings, finished_records, journal_settings, partial_path
-    from ..runoptions import RunOptions
+    from ..inference.ahead import decoded_ahead
+    from ..inference.options import RunOptions
+    from ..inference.writers import (
+        RecordWriter,
+        check_settings,
+        finished_records,
+        journal_settings,
+        partial_path,
+    )
     from .batch import claimed, exit_code, gather_inputs, interrupted, progress, report_error, run_settings
 
     if json_ and jsonl:
@@ -150,9 +156,9 @@ def classify(
         claimed(out, RecordWriter.files(out) if out is not None else {}, paths, force),
         decoded_ahead(one_video, model, revision, opts) as ahead,  # decodes while torch imports
     ):
-        from ..predict import checked_results, classification_record, load_model  # imports torch
-        from ..provenance import RunProvenance
-        from ..timeline import Timeline
+        from ..inference.provenance import RunProvenance
+        from ..inference.tasks import checked_results, classification_record, load_model  # imports torch
+        from ..video.timeline import Timeline
         from .render import print_classification
 
         if resume:

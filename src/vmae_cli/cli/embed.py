@@ -82,7 +82,9 @@ def embed(
     (--clips x --crops) are averaged into one vector per video. The default model is the Kinetics-400
     classifier MCG-NJU/videomae-base-finetuned-kinetics (its pooled features).
     """
-    from ..output import (
+    from ..inference.provenance import RunProvenance
+    from ..inference.tasks import RunOptions, checked_results, embedding, load_model
+    from ..inference.writers import (
         EmbeddingWriter,
         RecordWriter,
         check_settings,
@@ -91,8 +93,6 @@ def embed(
         journal_settings,
         partial_path,
     )  # fmt: skip
-    from ..predict import RunOptions, checked_results, embedding, load_model
-    from ..provenance import RunProvenance
     from .batch import claimed, exit_code, gather_inputs, interrupted, progress, report_error, run_settings
 
     fmt = format_ or out.suffix.lstrip(".")

@@ -64,9 +64,9 @@ def evaluate(
     Views follow the model (as `vmae classify`); --clips 5 --crops 3 averages the paper's 15 test views.
     Unreadable videos are listed on stderr and left out of the numbers (exit code 1).
     """
-    from ..evaluation import evaluate_set, load_labelled
-    from ..output import dumps
-    from ..predict import RunOptions, load_model
+    from ..inference.evaluate import evaluate_set, load_labelled
+    from ..inference.tasks import RunOptions, load_model
+    from ..jsonfile import dumps
     from .batch import exit_code, progress
 
     opts = RunOptions(batch_size, device, dtype, workers, threads, None, stride, sampling, clips, crops)

@@ -94,8 +94,8 @@ def export(
     sidecar's preprocessor says, and returns float32 logits or features: what `vmae classify` and
     `vmae embed` compute for each view. It runs without vmae (torch.export.load, or onnxruntime).
     """
-    from ..export import export_model
-    from ..output import print_json
+    from ..inference.export import export_model
+    from ..inference.writers import print_json
 
     result = export_model(
         model, out, revision=revision, format=format_, task=task, pool=pool, dtype=dtype, batch_size=batch_size,

@@ -120,8 +120,8 @@ def finetune(
     Validation runs after each epoch; the best model goes to RUN/model, ready for `vmae classify --model RUN/model`
     and `vmae evaluate`. Under `torchrun --nproc_per_node N` the same command trains with DDP.
     """
-    from ..finetuning import resolve_recipe, run_finetuning
-    from ..training import run_lock
+    from ..training.finetune import resolve_recipe, run_finetuning
+    from ..training.loop import run_lock
 
     flags = {
         "model": model, "optim.batch_size": batch_size, "optim.epochs": epochs, "optim.max_steps": max_steps,

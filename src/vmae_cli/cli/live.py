@@ -13,8 +13,8 @@ def run_live(source: str, model: str, revision: str | None, opts, *, top_k: int,
              hop: float | None, input_format: str | None, as_json: bool) -> int:  # fmt: skip
     """Classify `source` until it ends (exit 0) or Ctrl-C (exit 130); a one-line summary on stderr either way."""
     from ..errors import Interrupted, VmaeError
-    from ..live import LiveStats, live_classify
-    from ..output import dumps
+    from ..inference.live import LiveStats, live_classify
+    from ..jsonfile import dumps
 
     stats = LiveStats()
     records = live_classify(source, model, revision=revision, options=opts, top_k=top_k, window=window, hop=hop,

@@ -91,7 +91,7 @@ def _crops(value: int | None) -> int | None:
     """--crops names one of the paper's spatial views (a usage error, exit 2, otherwise)."""
     if value is not None:
         from ..errors import ConfigError
-        from ..sampling import SamplingSpec
+        from ..video.sampling import SamplingSpec
 
         try:
             SamplingSpec(crops=value)  # the one place that knows which crops exist

@@ -84,8 +84,8 @@ def probe(
     import numpy as np
 
     from ..errors import UsageError
-    from ..evaluation import finetune_splits
-    from ..probe import embed_paths, read_features, run_probes
+    from ..inference.evaluate import finetune_splits
+    from ..inference.probe import embed_paths, read_features, run_probes
     from .batch import exit_code, progress
 
     if pool not in ("auto", "mean", "token0"):
@@ -101,8 +101,8 @@ def probe(
     else:
         if model is None:
             raise UsageError("give --model (the encoder to probe), or --features with a `vmae embed` output")
-        from ..output import EmbeddingWriter
-        from ..predict import RunOptions, load_model
+        from ..inference.tasks import RunOptions, load_model
+        from ..inference.writers import EmbeddingWriter
 
         opts = RunOptions(batch_size, device, dtype, workers, threads, None, stride, None, clips, crops)
         _, engine = load_model(model, revision, pool, opts)

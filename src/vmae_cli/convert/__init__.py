@@ -1,0 +1,1 @@
+"""Foreign VideoMAE checkpoints -> model folders in the Hugging Face layout."""

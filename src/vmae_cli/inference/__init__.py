@@ -1,0 +1,1 @@
+"""Models applied to videos: the batch engine, classify/embed tasks, writers, evaluation, probes, live, export."""

@@ -1,0 +1,236 @@
+"""Decoding one video while torch imports and the model loads: the start-up of `vmae classify clip.mp4`.
+
+Classifying one video on a CPU is mostly start-up: importing torch (about 1.4 s), reading the weights,
+decoding the frames of its views (0.3-0.6 s for a 10 s 1080p H.264 clip) and one forward. Decoding needs no
+torch, so the CLI starts it in a thread before it imports torch (`DecodedAhead.start`): the thread works out
+the sampling from the model's config files (as `load_model` will), opens the video and decodes those frames at
+full size. The engine takes the open reader when it comes to that input (`take`) if the path, the sampling and
+the reader's settings are those it would use itself, and decodes as usual otherwise.
+
+PyAV releases the GIL while it decodes and converts, so the thread runs on another core; while it runs, the
+interpreter's switch interval is shortened so that it gets the GIL back quickly between frames from a main
+thread that is executing torch's import. Log records and warnings of the thread's decoding are held back and
+given out when the engine takes its frames (so that they come once, in order, and not for frames that are
+thrown away); those of its reading the config are dropped (the main thread reads it again and says them).
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..video.reader import VideoReader
+from ..video.sampling import SamplingSpec
+from .options import RunOptions, sampling_spec
+
+log = logging.getLogger(__name__)
+
+AHEAD_BUDGET = 256 << 20  # full-size RGB bytes held for the engine: 16 frames of 1080p are 100 MB
+SWITCH_INTERVAL = 0.0005  # seconds (Python's default is 0.005): how long the thread may wait for the GIL
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class DecodedAhead:
+    """The frames of one input's views, decoded in a thread from before torch is imported.
+
+    `start` returns None where it cannot help (not a file, a model whose config is not on this machine);
+    `take` hands the engine the reader with the frames, or None; `close` stops the thread where nobody takes
+    them (a run that failed before its first input, or that had nothing left to do).
+    """
+
+    def __init__(
+        self, path: str, model: str, revision: str | None, opts: RunOptions, budget: int = AHEAD_BUDGET
+    ):
+        self.path, self.model, self.revision, self.opts, self.budget = path, model, revision, opts, budget
+        self.reader_kwargs = opts.reader_kwargs
+        self.spec: SamplingSpec | None = None
+        self._reader: _AheadReader | None = None
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._work, name=f"vmae-decode-ahead-{id(self)}", daemon=True)
+        self._records = _ThreadRecords(self._thread.name)
+        self._switch = sys.getswitchinterval()
+
+    @classmethod
+    def start(cls, path: str, model: str, revision: str | None, opts: RunOptions) -> DecodedAhead | None:
+        """Begin decoding `path` for `model`'s sampling; None if it is not a regular file."""
+        if not Path(path).is_file():
+            return None
+        ahead = cls(path, model, revision, opts)
+        ahead._records.install()
+        sys.setswitchinterval(min(ahead._switch, SWITCH_INTERVAL))
+        ahead._thread.start()
+        return ahead
+
+    def take(self, path: str, spec: SamplingSpec, reader_kwargs: dict) -> VideoReader | None:
+        """The open reader holding the frames of `path` for `spec`, once the thread is done; None if it decoded
+        something else (another path, sampling or reader setting) or could not decode (the engine then
+        decodes, and reports any error, as for any input)."""
+        self._thread.join()
+        reader, self._reader = self._reader, None
+        if reader is not None and (path, spec, reader_kwargs) == (self.path, self.spec, self.reader_kwargs):
+            self._records.give_out()
+            return reader
+        if reader is not None:
+            reader.close()
+        return None
+
+    def close(self) -> None:
+        """Stop the thread (at its next frame) and let go of what it decoded."""
+        self._cancel.set()
+        self._thread.join()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # -- the thread --
+    def _work(self) -> None:
+        try:
+            with self._records.dropped():  # the main thread reads the config again and says what is wrong
+                self.spec = self._sampling()
+            if self.spec is not None and not self._cancel.is_set():
+                self._reader = self._decode(self.spec)
+        except Exception as e:  # noqa: BLE001 - the engine decodes this input again and reports its errors
+            log.debug(
+                "%s: decoding ahead failed (%s: %s); the engine decodes it", self.path, type(e).__name__, e
+            )
+        finally:
+            self._records.uninstall()
+            sys.setswitchinterval(self._switch)
+
+    def _sampling(self) -> SamplingSpec | None:
+        """What `load_model` will sample, from the model's config files on this machine (no download)."""
+        from ..models.config import VideoMAEConfig
+
+        files = _local_config_files(self.model, self.revision)
+        if files is None:
+            return None
+        config_path, preprocessor_path = files
+        config = VideoMAEConfig.from_json_file(config_path)
+        pre = json.loads(preprocessor_path.read_text(encoding="utf-8")) if preprocessor_path else None
+        return sampling_spec(config, pre if isinstance(pre, dict) else None, self.opts)
+
+    def _decode(self, spec: SamplingSpec) -> _AheadReader | None:
+        reader = _AheadReader(self.path, **self.reader_kwargs)
+        try:
+            wanted = np.unique(spec.indices(reader.count_frames()))
+            if len(wanted) * reader.width * reader.height * 3 > self.budget:
+                reader.close()
+                return None
+
+            def check(rgb: np.ndarray) -> np.ndarray:  # runs after each frame: stops a cancelled thread
+                if self._cancel.is_set():
+                    raise _Cancelled
+                return rgb
+
+            reader.held = dict(zip(wanted.tolist(), reader.get_frames(wanted, transform=check), strict=True))
+            return reader
+        except BaseException:
+            reader.close()
+            raise
+
+
+class _AheadReader(VideoReader):
+    """A VideoReader that gives out frames decoded ahead (full size) before it decodes any again."""
+
+    held: dict[int, np.ndarray] | None = None  # frame index as asked -> uint8 (H, W, 3); each given out once
+
+    def get_frames(self, indices, size=None, *, transform=None) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if size is not None or not self.held or len(idx) == 0 or not set(idx.tolist()) <= self.held.keys():
+            return super().get_frames(indices, size, transform=transform)
+        done = {j: self.held.pop(j) for j in dict.fromkeys(idx.tolist())}  # distinct, in the order asked
+        if transform is not None:
+            done = {j: transform(rgb) for j, rgb in done.items()}
+        self.clamped = np.unique(idx[idx >= len(self.frame_index().pts)])  # as get_frames sets it
+        return np.stack([done[j] for j in idx.tolist()])
+
+
+def _local_config_files(model: str, revision: str | None) -> tuple[Path, Path | None] | None:
+    """(config.json, preprocessor_config.json or None) of a model folder, or of a Hub model in the local
+    cache; None if they are not on this machine (the main thread downloads them; decoding then waits)."""
+    from ..models.loading import _HUB_ID, resolve
+
+    if Path(model).expanduser().exists():
+        found = resolve(model, revision, weights=False)
+        return found.config_path, found.preprocessor_path
+    if not _HUB_ID.match(model) or ".." in model:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(model, "config.json", revision=revision)
+    if not isinstance(config, str):
+        return None
+    pre = try_to_load_from_cache(model, "preprocessor_config.json", revision=revision)
+    return Path(config), Path(pre) if isinstance(pre, str) else None
+
+
+class _ThreadRecords(logging.Filter):
+    """Holds back the log records (warnings included: they are logged as py.warnings) of one thread, named,
+    at the handlers of vmae's loggers and the root's; drops them inside `dropped()`."""
+
+    LOGGERS = ("vmae_cli", "py.warnings", "")
+
+    def __init__(self, thread_name: str):
+        super().__init__()
+        self.thread_name = thread_name
+        self.held: list[logging.LogRecord] = []
+        self._drop = False
+        self._handlers: list[logging.Handler] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.threadName != self.thread_name:
+            return True
+        if not self._drop and record not in self.held:  # one record may reach several handlers
+            self.held.append(record)
+        return False
+
+    @contextlib.contextmanager
+    def dropped(self) -> Iterator[None]:
+        self._drop = True
+        try:
+            yield
+        finally:
+            self._drop = False
+
+    def install(self) -> None:
+        self._handlers = list(
+            dict.fromkeys(h for name in self.LOGGERS for h in logging.getLogger(name).handlers)
+        )
+        for handler in self._handlers:  # first: the filters after it (repeats counted) must not see them yet
+            handler.filters.insert(0, self)
+
+    def uninstall(self) -> None:
+        for handler in self._handlers:
+            handler.removeFilter(self)
+        self._handlers = []
+
+    def give_out(self) -> None:
+        """Log what was held back, now, from the thread that calls this."""
+        held, self.held = self.held, []
+        for record in held:
+            logging.getLogger(record.name).handle(record)
+
+
+@contextlib.contextmanager
+def decoded_ahead(
+    path: str | None, model: str, revision: str | None, opts: RunOptions
+) -> Iterator[DecodedAhead | None]:
+    """`DecodedAhead.start` for `path` (None: nothing to decode ahead), closed when the block ends."""
+    ahead = DecodedAhead.start(path, model, revision, opts) if path is not None else None
+    try:
+        yield ahead
+    finally:
+        if ahead is not None:
+            ahead.close()

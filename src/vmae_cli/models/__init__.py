@@ -1,0 +1,1 @@
+"""The VideoMAE models: config, modules, weights loading, masks, label sets."""

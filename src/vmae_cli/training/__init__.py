@@ -1,0 +1,1 @@
+"""Pre-training and fine-tuning: recipes, data, the shared loop, the run folder."""
