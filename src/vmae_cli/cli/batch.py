@@ -6,7 +6,7 @@ import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import Interrupted, UsageError
@@ -41,28 +41,6 @@ def gather_inputs(
     if count > 1 and shard is None and out is not None:  # every rank got the same --out: one file each
         out = out.with_name(f"{out.stem}.rank{index}of{count}{out.suffix}")
     return paths, out, len(unlisted)
-
-
-@contextlib.contextmanager
-def progress(total: int, quiet: bool, label: str) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr (videos/s, ETA) for more than one input, when stderr is a terminal."""
-    if quiet or total <= 1 or not sys.stderr.isatty():
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-               TimeRemainingColumn()]  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total, rate="")
-
-        def advance() -> None:
-            bar.advance(task)
-            speed = bar.tasks[task].speed
-            bar.update(task, rate=f"{speed:.2f} videos/s" if speed else "")
-
-        yield advance
 
 
 def exit_code(failures: int) -> int:

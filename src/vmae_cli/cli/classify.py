@@ -119,7 +119,8 @@ def classify(
         journal_settings,
         partial_path,
     )
-    from .batch import claimed, exit_code, gather_inputs, interrupted, progress, report_error, run_settings
+    from .batch import claimed, exit_code, gather_inputs, interrupted, report_error, run_settings
+    from .ui import progress
 
     if json_ and jsonl:
         raise typer.BadParameter("choose one of --json and --jsonl")

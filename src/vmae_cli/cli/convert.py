@@ -67,7 +67,7 @@ def convert(
     Pickles are read with weights_only (tensors and argparse.Namespace only): a file that would run code is refused.
     """
     from ..convert.build import convert_checkpoint
-    from ..inference.writers import print_json
+    from .ui import print_json
 
     result = convert_checkpoint(
         src, dst, source=from_, labels=labels, heads=heads, decoder_heads=decoder_heads, num_frames=num_frames,

@@ -93,7 +93,8 @@ def embed(
         journal_settings,
         partial_path,
     )  # fmt: skip
-    from .batch import claimed, exit_code, gather_inputs, interrupted, progress, report_error, run_settings
+    from .batch import claimed, exit_code, gather_inputs, interrupted, report_error, run_settings
+    from .ui import progress
 
     fmt = format_ or out.suffix.lstrip(".")
     if fmt not in FORMATS:

@@ -67,7 +67,8 @@ def evaluate(
     from ..inference.evaluate import evaluate_set, load_labelled
     from ..inference.tasks import RunOptions, load_model
     from ..jsonfile import dumps
-    from .batch import exit_code, progress
+    from .batch import exit_code
+    from .ui import progress
 
     opts = RunOptions(batch_size, device, dtype, workers, threads, None, stride, sampling, clips, crops)
     net, engine = load_model(model, revision, "classify", opts)
@@ -84,10 +85,11 @@ def evaluate(
 
 
 def _print(acc) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=sys.stdout, soft_wrap=True)
+    from .ui import stdout_console
+
+    console = stdout_console()
     console.print(
         f"top-1 {acc.top1:.4f}   top-5 {acc.top5:.4f}   ({acc.count} videos, {acc.views} views each)"
     )

@@ -95,7 +95,7 @@ def export(
     `vmae embed` compute for each view. It runs without vmae (torch.export.load, or onnxruntime).
     """
     from ..inference.export import export_model
-    from ..inference.writers import print_json
+    from .ui import print_json
 
     result = export_model(
         model, out, revision=revision, format=format_, task=task, pool=pool, dtype=dtype, batch_size=batch_size,

@@ -8,7 +8,7 @@ from .options import JsonFlag, ModelArg, RevisionOpt
 def info(model: ModelArg, revision: RevisionOpt = None, json_: JsonFlag = False) -> None:
     """Summarise a model folder or Hub id: size, frames, resolution, labels, parameters, sampling."""
     from ..inference.summary import model_summary
-    from ..inference.writers import print_json, print_mapping
+    from .ui import print_json, print_mapping
 
     summary = model_summary(model, revision=revision)
     if json_:

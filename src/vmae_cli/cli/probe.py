@@ -86,7 +86,8 @@ def probe(
     from ..errors import UsageError
     from ..inference.evaluate import finetune_splits
     from ..inference.probe import embed_paths, read_features, run_probes
-    from .batch import exit_code, progress
+    from .batch import exit_code
+    from .ui import progress
 
     if pool not in ("auto", "mean", "token0"):
         raise typer.BadParameter(f"--pool must be auto, mean or token0, got {pool!r}")
@@ -151,10 +152,11 @@ def probe(
 
 
 def _print(summary: dict, results) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=sys.stdout, soft_wrap=True)
+    from .ui import stdout_console
+
+    console = stdout_console()
     console.print(f"{summary['dim']}-d features of {summary['features']}: {summary['train']} training videos, "
                   + (f"{summary['val']} validation videos" if summary["val"] is not None
                      else "scored leave-one-out (no validation set)"))  # fmt: skip

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(file=sys.stdout, soft_wrap=True)
+from .ui import stdout_console
 
 
 def print_classification(record: dict) -> None:
@@ -17,7 +11,7 @@ def print_classification(record: dict) -> None:
 
     if not record["ok"]:
         return  # errors are reported on stderr
-    console = _console()
+    console = stdout_console()
     if "segments" in record:
         table = Table(title=f"{record['path']}  {_timeline_summary(record['timeline'])}", title_justify="left",
                       caption=_timeline_caveat(record["timeline"]), caption_justify="left")  # fmt: skip

@@ -1,4 +1,5 @@
-"""What commands show: JSON on stdout, rich tables for a terminal. Humans' messages go to stderr."""
+"""Where results go: records (JSON / JSON Lines) and embeddings, written in input order through a journal that an
+interrupted run resumes from, and the check that a run's outputs destroy nothing."""
 
 from __future__ import annotations
 
@@ -9,40 +10,11 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
 from ..jsonfile import dumps
-
-
-def print_json(data: Any, stream=None) -> None:
-    stream = stream or sys.stdout
-    stream.write(dumps(data, indent=2) + "\n")
-    stream.flush()
-
-
-def _stdout_console():
-    from rich.console import Console
-
-    return Console(file=sys.stdout, soft_wrap=True)
-
-
-def print_mapping(data: dict[str, Any], title: str | None = None) -> None:
-    """A two-column table of a flat-ish mapping (nested values shown compactly)."""
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in data.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
-        elif isinstance(value, list):
-            value = ", ".join(map(str, value))
-        table.add_row(key.replace("_", " "), str(value))
-    _stdout_console().print(table)
 
 
 # ---- records (classify, embed --format jsonl) --------------------------------------------------------------
@@ -184,7 +156,8 @@ class RecordWriter:
         """Finish: print the JSON array, or write `out` from the journal in input order."""
         if self._journal is None:
             if self.fmt == "json":
-                print_json(self.records, self.stream)
+                self.stream.write(dumps(self.records, indent=2) + "\n")
+                self.stream.flush()
             return
         from ..files import atomic_path
 
