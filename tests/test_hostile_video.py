@@ -19,7 +19,8 @@ import av
 import numpy as np
 import pytest
 
-from vmae_cli.video.reader import MAX_PIXELS, FrameTooLargeError, VideoError, VideoNotFoundError, VideoReader
+from vmae_cli.video.errors import FrameTooLargeError, VideoError, VideoNotFoundError
+from vmae_cli.video.reader import MAX_PIXELS, VideoReader
 
 from .conftest import REPO, vmae_in_process
 from .videos import frame_number, frame_picture, write_video

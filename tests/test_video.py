@@ -12,16 +12,16 @@ import pytest
 
 from vmae_cli.errors import VmaeError
 from vmae_cli.video import reader as video_module
-from vmae_cli.video.reader import (
+from vmae_cli.video.errors import (
     EmptyVideoError,
     NoVideoStreamError,
     VideoDecodeError,
     VideoError,
     VideoNotFoundError,
     VideoPermissionError,
-    VideoReader,
     VideoTimeoutError,
 )
+from vmae_cli.video.reader import VideoReader
 
 from .videos import (
     GOOD,
@@ -286,14 +286,14 @@ def test_unreliable_timestamps_fall_back_to_counting(tmp_path):
 def _counting_decodes(monkeypatch) -> list:
     """Patch the reader's decoding loop to list the pts of every frame it decodes; returns that list."""
     seen = []
-    real = video_module._safe_decode
+    real = video_module.safe_decode
 
     def counting(*args):
         for frame in real(*args):
             seen.append(frame.pts)
             yield frame
 
-    monkeypatch.setattr(video_module, "_safe_decode", counting)
+    monkeypatch.setattr(video_module, "safe_decode", counting)
     return seen
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..video.clips import Clips, iter_views
-from ..video.reader import NoVideoStreamError, VideoError, _ffmpeg_error, _reason
+from ..video.errors import NoVideoStreamError, VideoError, ffmpeg_error, reason
 from ..video.timeline import clips_per_window, window_clips
 from .tasks import (
     DEFAULT_CLASSIFIER,
@@ -146,7 +146,7 @@ def open_source(source: str, input_format: str | None = None, timeout: float = 1
     url = "pipe:0" if source == "-" else source
     if input_format is None and source.startswith("/dev/video"):
         input_format = "v4l2"
-    with _ffmpeg_error() as ffmpeg_error:
+    with ffmpeg_error() as last_error:
         try:
             container = av.open(url, format=input_format, timeout=(timeout, timeout))
         except av.error.ExitError:
@@ -158,7 +158,7 @@ def open_source(source: str, input_format: str | None = None, timeout: float = 1
         except av.error.EOFError:
             raise LiveSourceError(f"{source}: the stream ended before anything in it could be read") from None
         except av.error.FFmpegError as e:
-            raise LiveSourceError(f"{source}: cannot open ({ffmpeg_error() or _reason(e)}); check the URL or "
+            raise LiveSourceError(f"{source}: cannot open ({last_error() or reason(e)}); check the URL or "
                                   "device (and --live-format)") from None  # fmt: skip
         except ValueError as e:  # PyAV: an unknown format name
             raise LiveSourceError(f"{source}: {e}; check --live-format") from None
@@ -186,7 +186,7 @@ def _decode(container, stream, fps: float, ring: FrameRing, stop: threading.Even
             except av.error.FFmpegError as e:  # a damaged packet (lost UDP datagram...): skip it
                 ring.stats.corrupt += 1
                 if ring.stats.corrupt == 1:
-                    log.warning("%s: skipped a packet that does not decode (%s)", source, _reason(e))
+                    log.warning("%s: skipped a packet that does not decode (%s)", source, reason(e))
                 continue
             for frame in frames:
                 t = frame.time
@@ -200,7 +200,7 @@ def _decode(container, stream, fps: float, ring: FrameRing, stop: threading.Even
     except av.error.ExitError:
         error = LiveSourceError(f"{source}: no data for {timeout:g} s; the stream stalled")
     except av.error.FFmpegError as e:  # the connection broke: the stream ends here
-        log.warning("%s: stopped reading (%s)", source, _reason(e))
+        log.warning("%s: stopped reading (%s)", source, reason(e))
     except Exception as e:  # noqa: BLE001 - handed to the model thread, which raises it
         error = e
     finally:

@@ -254,7 +254,8 @@ class PretrainDataset(torch.utils.data.Dataset):
 def augmented_clips(path: str, spec, rng: np.random.Generator) -> torch.Tensor | dict:
     """`spec.num_sample` augmented clips of one random window: uint8 (S, T, 3, size, size), or
     {"failed": (path, reason)} for a file that cannot be read (counted by the loop, never replaced)."""
-    from ..video.reader import VideoError, VideoReader
+    from ..video.errors import VideoError
+    from ..video.reader import VideoReader
 
     try:
         with VideoReader(path, threads=spec.decode_threads) as reader:
