@@ -160,6 +160,7 @@ def test_load_clips_is_one_pass_over_all_views(tmp_path, monkeypatch):
     raw = load_frames(path, spec, size=(64, 48))
     assert raw.frames.shape == (5, 4, 48, 64, 3) and raw.frames.dtype == np.uint8
     assert [frame_number(f) for f in raw.frames[1]] == [16, 20, 24, 28]
+    np.testing.assert_allclose(raw.timestamps, raw.indices / 25)  # each frame's time, as read
 
 
 def test_writers_of_model_files_refuse_nan_and_infinity(tmp_path):

@@ -200,6 +200,26 @@ def test_indices_past_the_end_are_clamped_and_reported(tmp_path, caplog):
         assert "4 of 4 frame indices (20-22, 40) are past the end" in caplog.records[0].getMessage()
 
 
+def test_read_returns_frames_with_their_timestamps(tmp_path):
+    """`read` gives what `get_frames` gives and, beside each frame, its presentation time: a variable-rate
+    file, so that no index / fps could stand in for them; indices past the end take the last frame's time."""
+    pts = np.cumsum([0, 40, 40, 10, 10, 90, 40, 40, 25, 25, 60, 40, 40]).tolist()  # ms
+    path = write_video(tmp_path / "vfr.mkv", len(pts), gop=4, pts=pts)
+    ref = straight_decode(path)
+    with VideoReader(path) as r:
+        ts = r.timestamps
+        np.testing.assert_allclose(ts, np.array(pts) / 1000)
+        batch = r.read([12, 3, 3, 7, 30])
+        np.testing.assert_array_equal(batch.frames, ref[[12, 3, 3, 7, 12]])
+        np.testing.assert_array_equal(batch.timestamps, ts[[12, 3, 3, 7, 12]])
+        assert r.clamped.tolist() == [30]
+        rows = np.array([[0, 2, 4], [5, 9, 11]])
+        assert r.times(rows).shape == (2, 3) and r.times(rows)[1, 1] == ts[9]
+        assert r.read([]).frames.shape == (0, 48, 64, 3) and r.read([]).timestamps.shape == (0,)
+        with pytest.raises(ValueError, match=">= 0"):
+            r.times([-1])
+
+
 def test_overstated_header_is_clamped_to_the_last_decodable_frame(videos, tmp_path):
     whole = videos["h264_bframes_mkv"].read_bytes()
     cut = tmp_path / "cut.mkv"

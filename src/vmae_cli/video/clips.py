@@ -52,7 +52,7 @@ def plan_clips(reader: VideoReader, spec: SamplingSpec, timeline: Timeline | Non
         rows = plan.indices
     return Clips(
         os.fspath(reader.path), np.repeat(rows, spec.crops, axis=0),
-        np.repeat(reader.timestamps[rows], spec.crops, axis=0), reader.count_frames(), reader.fps,
+        np.repeat(reader.times(rows), spec.crops, axis=0), reader.count_frames(), reader.fps,
         crops=spec.crops, frame_size=(reader.height, reader.width), timeline=plan,
     )  # fmt: skip
 
@@ -121,8 +121,9 @@ def load_frames(path, spec: SamplingSpec, *, size: tuple[int, int] | None = None
     """
     with VideoReader(path, **reader_kwargs) as reader:
         clips = plan_clips(reader, replace(spec, crops=1))
-        flat = reader.get_frames(clips.indices.reshape(-1), size=size)  # repeats decode once
-    clips.frames = flat.reshape(*clips.indices.shape, *flat.shape[1:])
+        batch = reader.read(clips.indices.reshape(-1), size=size)  # repeats decode once
+    clips.frames = batch.frames.reshape(*clips.indices.shape, *batch.frames.shape[1:])
+    clips.timestamps = batch.timestamps.reshape(clips.indices.shape)  # the index as decoding left it
     return clips
 
 

@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import av
 import numpy as np
@@ -52,6 +52,14 @@ log = logging.getLogger(__name__)
 # The largest picture the reader decodes: twice 8K UHD (33 MP), 8192 x 8192 square. A decoded frame of this
 # size takes 100 MB in 8-bit YUV 4:2:0, 200 MB as RGB, 512 MB in 16-bit RGBA (1 GB in float RGBA: EXR).
 MAX_PIXELS = 2**26
+
+
+@dataclass
+class FrameBatch:
+    """Frames together with their presentation times, as `VideoReader.read` returns them."""
+
+    frames: np.ndarray  # uint8 (N, H, W, 3) RGB, upright
+    timestamps: np.ndarray  # float64 (N,) seconds from the stream start (VideoReader.timestamps), per frame
 
 
 class VideoReader:
@@ -155,6 +163,17 @@ class VideoReader:
         start = index.pts[0] if len(index.pts) else 0
         return (index.pts - start).astype(np.float64) * float(self._stream.time_base or 0)
 
+    def times(self, indices) -> np.ndarray:
+        """float64 seconds of the frames `get_frames(indices)` returns, in the shape of `indices` (no decoding).
+
+        Indices past the end are clamped to the last frame, as `get_frames` clamps them.
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        if np.any(idx < 0):
+            raise ValueError(f"frame indices must be >= 0, got {idx.min()}")
+        ts = self.timestamps
+        return ts[np.minimum(idx, len(ts) - 1)]
+
     @property
     def rotation(self) -> int:
         """Counter-clockwise degrees (0, 90, 180, 270) to turn a decoded frame to display it."""
@@ -200,6 +219,17 @@ class VideoReader:
         return demux_index(self.path, *self._open(), lambda: self._check(deadline), avi_b_frames)
 
     # -- frames ----------------------------------------------------------------------------------
+    def read(
+        self,
+        indices,
+        size: tuple[int, int] | None = None,
+        *,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> FrameBatch:
+        """Frames by index with their timestamps: `get_frames` (same arguments), and `times` of the same indices."""
+        frames = self.get_frames(indices, size=size, transform=transform)
+        return FrameBatch(frames, self.times(np.asarray(indices, dtype=np.int64).reshape(-1)))
+
     def get_frames(
         self,
         indices,
