@@ -18,7 +18,7 @@ from vmae_cli.cli.app import main
 from vmae_cli.models.config import VideoMAEConfig
 from vmae_cli.models.masking import decoder_mask, tube_mask
 from vmae_cli.models.modeling import ShapeError, VideoMAEForPreTraining, pretraining_targets
-from vmae_cli.training.data import EpochSampler, list_videos, multi_scale_crop_box
+from vmae_cli.training.data import EpochSampler, multi_scale_crop_box
 from vmae_cli.training.loop import cosine_lr, no_weight_decay, param_groups
 from vmae_cli.training.pretrain import resolve_recipe, run_pretraining, write_png
 from vmae_cli.training.recipe import (
@@ -29,6 +29,7 @@ from vmae_cli.training.recipe import (
     recipe_path,
     to_toml,
 )
+from vmae_cli.video.discover import list_videos
 
 from .conftest import REPO, read_metrics
 from .videos import write_video

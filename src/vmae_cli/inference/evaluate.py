@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..video.discover import PATH_COLUMNS, read_list, read_text, subfolders, videos_in_folder
+from ..video.discover import PATH_COLUMNS, read_list, read_text, resolve_listed, subfolders, videos_in_folder
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,7 @@ def _list_file(path: Path, index_names: dict[int, str] | None) -> tuple[list[str
             entries.append((parts[0].strip(), parts[1]))
     if index_names is not None:  # integer labels are indices into the label map
         entries = [(p, _index_name(label, index_names, path)) for p, label in entries]
-    base = path.parent
-    paths = [
-        str(Path(p).expanduser() if Path(p).expanduser().is_absolute() else base / p) for p, _ in entries
-    ]
-    return paths, [label for _, label in entries]
+    return [resolve_listed(p, path) for p, _ in entries], [label for _, label in entries]
 
 
 def _index_name(label: str, names: dict[int, str], path: Path) -> str:

@@ -1,4 +1,5 @@
-"""Training data: video lists, a deterministic epoch sampler, augmented pre-training clips, loader workers.
+"""Training data: a deterministic epoch sampler, augmented pre-training clips, loader workers.
+(Which videos a run reads: video/discover.py `list_videos`.)
 
 Every random choice a sample needs (window start, crop, flip, mask) comes from a generator seeded by
 (seed, epoch, position in the epoch), never from a worker's global state. So the data of step N is a
@@ -8,10 +9,8 @@ pure function of the seed, and a resumed run sees exactly the clips the interrup
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,58 +20,12 @@ from ..errors import UsageError
 from ..models.config import VideoMAEConfig
 from ..models.masking import decoder_mask, tube_mask
 from ..runtime import init_decode_worker
-from ..video.discover import PATH_COLUMNS, VIDEO_EXTENSIONS, ListFile, read_list, videos_in_folder
 from ..video.sampling import random_window_indices
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training targets un-normalise with these, so inputs use them
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# ---- which videos ----------------------------------------------------------------------------------------
-def list_videos(data: str | os.PathLike) -> list[str]:
-    """A folder of videos (searched recursively, sorted) or a list file.
-
-    A list file holds one path per line, or is a CSV/TSV whose header names a path column (`path`,
-    `video`, `filename`...); without such a header the first column is the path (the original
-    VideoMAE lists are `path label`, space separated). Relative paths are relative to the list file.
-    """
-    root = Path(data).expanduser()
-    if root.is_dir():
-        paths = videos_in_folder(root)
-        if not paths:
-            raise UsageError(
-                f"{data}: no video files in this folder (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})"
-            )
-        return paths
-    if not root.is_file():
-        raise UsageError(f"{data}: no such file or folder; give a folder of videos or a list file")
-    if root.suffix.lower() in VIDEO_EXTENSIONS:
-        return [str(root)]
-    paths = [_resolve(p, root.parent) for p in _list_entries(read_list(root))]
-    if not paths:
-        raise UsageError(f"{data}: the list file names no videos")
-    return paths
-
-
-def _list_entries(listed: ListFile) -> list[str]:
-    if listed.delimiter is None:
-        # one path per line, or `path label`: a trailing integer label is not part of the path
-        lines = [row[0] for row in listed.rows]
-        return [line.rsplit(None, 1)[0] if _has_label(line) else line.strip() for line in lines]
-    column = listed.column(PATH_COLUMNS) or 0
-    return [row[column].strip() for row in listed.rows if len(row) > column and row[column].strip()]
-
-
-def _has_label(line: str) -> bool:
-    parts = line.split()
-    return len(parts) >= 2 and parts[-1].lstrip("-").isdigit() and Path(parts[-1]).suffix == ""
-
-
-def _resolve(path: str, base: Path) -> str:
-    p = Path(path).expanduser()
-    return str(p if p.is_absolute() else base / p)
 
 
 # ---- data order ------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def run_pretraining(
 
     from ..models.config import VideoMAEConfig
     from ..models.modeling import VideoMAEForPreTraining
-    from .data import ClipSpec, EpochSampler, PretrainDataset, list_videos, make_loader
+    from ..video.discover import list_videos
+    from .data import ClipSpec, EpochSampler, PretrainDataset, make_loader
     from .loop import (
         Hooks,
         LoopSettings,

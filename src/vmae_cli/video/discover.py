@@ -125,6 +125,54 @@ def strip_bom(lines):
         yield line.removeprefix(BOM) if n == 0 else line
 
 
+# ---- data sets (pre-training; labelled sets: labelled.py) ------------------------------------------------------------------------------------
+def list_videos(data: str | os.PathLike) -> list[str]:
+    """A folder of videos (searched recursively, sorted) or a list file.
+
+    A list file holds one path per line, or is a CSV/TSV whose header names a path column (`path`,
+    `video`, `filename`...); without such a header the first column is the path (the original
+    VideoMAE lists are `path label`, space separated). Relative paths are relative to the list file.
+    """
+    root = Path(data).expanduser()
+    if root.is_dir():
+        paths = videos_in_folder(root)
+        if not paths:
+            raise UsageError(
+                f"{data}: no video files in this folder (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})"
+            )
+        return paths
+    if not root.is_file():
+        raise UsageError(f"{data}: no such file or folder; give a folder of videos or a list file")
+    if root.suffix.lower() in VIDEO_EXTENSIONS:
+        return [str(root)]
+    paths = [resolve_listed(p, root) for p in listed_paths(read_list(root))]
+    if not paths:
+        raise UsageError(f"{data}: the list file names no videos")
+    return paths
+
+
+def listed_paths(listed: ListFile) -> list[str]:
+    """The paths a list file names, as written: its path column (else the first), or each line without a
+    trailing integer label (`path label`)."""
+    if listed.delimiter is None:
+        # one path per line, or `path label`: a trailing integer label is not part of the path
+        lines = [row[0] for row in listed.rows]
+        return [line.rsplit(None, 1)[0] if _has_label(line) else line.strip() for line in lines]
+    column = listed.column(PATH_COLUMNS) or 0
+    return [row[column].strip() for row in listed.rows if len(row) > column and row[column].strip()]
+
+
+def _has_label(line: str) -> bool:
+    parts = line.split()
+    return len(parts) >= 2 and parts[-1].lstrip("-").isdigit() and Path(parts[-1]).suffix == ""
+
+
+def resolve_listed(path: str, list_file: Path) -> str:
+    """A path named in a list file: relative paths are relative to the list file's folder."""
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else list_file.parent / p)
+
+
 # ---- command inputs (classify, embed) -------------------------------------------------------------------
 def expand_inputs(args: Iterable[str], stdin=None) -> tuple[list[str], list[str]]:
     """(paths, folders that could not be listed): files, folders (recursively, video extensions only),
