@@ -400,3 +400,33 @@ def test_crops_2_is_a_usage_error_everywhere(tmp_path, corpus, classifier, comma
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "crops must be 1 (the center) or 3 (along the long side), got 2" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_python_caller_classifies_a_folder_stops_and_resumes(tmp_path, corpus, classifier):
+    """inference.batch without the CLI: records in input order into a journal; a caller that stops iterating
+    keeps what is done, and the same call with resume=True does only the rest."""
+    from vmae_cli.errors import UsageError
+    from vmae_cli.inference.batch import classify_batch
+    from vmae_cli.inference.options import RunOptions
+
+    out, paths = tmp_path / "labels.jsonl", videos(corpus)
+    opts = RunOptions(batch_size=2, workers=1)
+    run = classify_batch([str(corpus)], classifier, options=opts, out=out, top_k=1)
+    first = []
+    for record in run:
+        first.append(record)
+        if len(first) == 2:
+            break
+    stopped = run.stop()
+    kept = [r for r in first if r["ok"]]  # broken.mp4 comes first: failed inputs are tried again, not kept
+    assert stopped.kept == len(kept) == 1 and stopped.total == len(paths)
+    assert stopped.journal == tmp_path / "labels.jsonl.partial"
+    assert "`resume`" in str(stopped) and not out.exists()
+    with pytest.raises(UsageError, match="`resume`"):
+        classify_batch([str(corpus)], classifier, options=RunOptions(frames=3), out=out, resume=True).start()
+    run = classify_batch([str(corpus)], classifier, options=opts, out=out, top_k=1, resume=True)
+    records = list(run)
+    assert run.done == {r["path"] for r in kept}
+    assert [r["path"] for r in records] == paths and records[1] == first[1] and not records[0]["ok"]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == records
+    assert run.failures == 1 and paths[0] == str(corpus / "broken.mp4")

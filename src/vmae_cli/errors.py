@@ -99,6 +99,14 @@ class FieldError(ConfigError):
 
 
 class Interrupted(VmaeError):
-    """Ctrl-C (SIGINT) or SIGTERM: what was done is kept, and the same command with --resume continues it."""
+    """Ctrl-C (SIGINT) or SIGTERM: what was done is kept, and the same call with `resume` continues it.
+
+    Fields, where a batch run was stopped: `kept` (inputs done and kept), `total` (inputs of the run),
+    `journal` (where they are kept; None where nothing was written to disk).
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, *, kept: int | None = None, total: int | None = None, journal=None):
+        super().__init__(message)
+        self.kept, self.total, self.journal = kept, total, journal

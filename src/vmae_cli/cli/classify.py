@@ -110,16 +110,10 @@ def classify(
     from .batch import idle_threads_sleep
 
     idle_threads_sleep()  # before torch is imported
-    from ..inference.ahead import decoded_ahead
+    from ..errors import Interrupted
+    from ..inference.batch import classify_batch
     from ..inference.options import RunOptions
-    from ..inference.writers import (
-        RecordWriter,
-        check_settings,
-        finished_records,
-        journal_settings,
-        partial_path,
-    )
-    from .batch import claimed, exit_code, gather_inputs, interrupted, report_error, run_settings
+    from .batch import exit_code, interrupted, report_error
     from .ui import progress
 
     if json_ and jsonl:
@@ -148,55 +142,21 @@ def classify(
                 param_hint="--out",
             )
         fmt = out.suffix[1:]
-    fmt = fmt or "table"
     inputs = inputs or []
-    paths, out, unlisted = gather_inputs(inputs, shard, out)
-    settings = run_settings(model, revision, opts, top_k=top_k, timeline=timeline, window=window, hop=hop)
-    one_video = paths[0] if len(paths) == 1 and not timeline and not resume else None
-    with (
-        claimed(out, RecordWriter.files(out) if out is not None else {}, paths, force),
-        decoded_ahead(one_video, model, revision, opts) as ahead,  # decodes while torch imports
-    ):
-        from ..inference.provenance import RunProvenance
-        from ..inference.tasks import checked_results, classification_record, load_model  # imports torch
-        from ..video.timeline import Timeline
-        from .render import print_classification
+    run = classify_batch(inputs, model, revision=revision, options=opts, top_k=top_k, timeline=timeline,
+                         window=window, hop=hop, out=out, fmt=fmt, resume=resume, force=force, shard=shard)  # fmt: skip
+    run.start()  # loads the model
+    try:
+        with progress(len(run.paths) - len(run.done), quiet, "classify") as advance:
+            for record in run:
+                if record["path"] not in run.done:
+                    advance()
+                if fmt is None:
+                    from .render import print_classification
 
-        if resume:
-            check_settings(journal_settings(out), settings, partial_path(out))
-        done = finished_records(out) if resume else {}
-        todo = [p for p in paths if p not in done]
-        net, engine = load_model(model, revision, "classify", opts) if todo else (None, None)
-        provenance = RunProvenance.of(engine, model) if todo and fmt != "table" else None
-        plan = Timeline(window, hop, clips) if timeline else None
-        results = engine.run(todo, plan, ahead) if todo else iter(())
-        results = checked_results(results, engine)
-        writer = RecordWriter(out, fmt, done=done, settings=settings) if fmt != "table" else None
-        failures, finished = unlisted, 0  # folders that could not be listed: inputs that failed
-        try:
-            with progress(len(todo), quiet, "classify") as advance:
-                for path in paths:
-                    if path in done:
-                        record = done[path]
-                    else:
-                        record = classification_record(next(results), net.config, top_k, provenance)
-                        advance()
-                    failures += not record["ok"]
-                    finished += 1
-                    if writer is not None:
-                        writer.write(record)
-                    else:
-                        print_classification(record)
-                    if not record["ok"]:
-                        report_error(record)
-        except KeyboardInterrupt:
-            results.close()  # stops the decoding workers before this process goes
-            if writer is not None:
-                writer.suspend()
-            kept = writer.kept if out is not None else finished
-            raise interrupted(
-                out, kept, len(paths), partial_path(out) if out else None, "-" in inputs
-            ) from None
-        if writer is not None:
-            writer.close()
-    return exit_code(failures)
+                    print_classification(record)
+                if not record["ok"]:
+                    report_error(record)
+    except (KeyboardInterrupt, Interrupted) as e:
+        raise interrupted(e if isinstance(e, Interrupted) else run.stop(), inputs) from None
+    return exit_code(run.failures)

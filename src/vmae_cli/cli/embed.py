@@ -82,18 +82,10 @@ def embed(
     (--clips x --crops) are averaged into one vector per video. The default model is the Kinetics-400
     classifier MCG-NJU/videomae-base-finetuned-kinetics (its pooled features).
     """
-    from ..inference.provenance import RunProvenance
-    from ..inference.tasks import RunOptions, checked_results, embedding, load_model
-    from ..inference.writers import (
-        EmbeddingWriter,
-        RecordWriter,
-        check_settings,
-        error_record,
-        finished_records,
-        journal_settings,
-        partial_path,
-    )  # fmt: skip
-    from .batch import claimed, exit_code, gather_inputs, interrupted, report_error, run_settings
+    from ..errors import Interrupted
+    from ..inference.batch import embed_batch
+    from ..inference.options import RunOptions
+    from .batch import exit_code, interrupted, report_error
     from .ui import progress
 
     fmt = format_ or out.suffix.lstrip(".")
@@ -113,61 +105,24 @@ def embed(
                                  param_hint="--out")  # fmt: skip
     if pool not in ("auto", "mean", "token0", "none"):
         raise typer.BadParameter(f"--pool must be auto, mean, token0 or none, got {pool!r}")
-    paths, out, unlisted = gather_inputs(inputs, shard, out)
     opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
-    settings = run_settings(model, revision, opts, pool=pool)
-    files = RecordWriter.files(out) if fmt == "jsonl" else EmbeddingWriter.files(out)
-    with claimed(out, files, paths, force):
-        # What an earlier run finished, read before anything is opened for writing (a JSON Lines journal is
-        # rewritten from the start), and the model loaded before a fresh journal appears (a model that fails
-        # to load leaves nothing behind).
-        if fmt == "jsonl" and resume:
-            check_settings(journal_settings(out), settings, partial_path(out))
-        previous = finished_records(out) if fmt == "jsonl" and resume else {}
-        resumed = (
-            EmbeddingWriter(out, fmt, resume=True, settings=settings) if fmt != "jsonl" and resume else None
+    run = embed_batch(inputs, out, model, revision=revision, options=opts, pool=pool, fmt=fmt, resume=resume,
+                      force=force, shard=shard)  # fmt: skip
+    run.start()  # loads the model
+    try:
+        with progress(len(run.paths) - len(run.done), quiet, "embed") as advance:
+            for record in run:
+                if record["path"] in run.done:
+                    continue
+                advance()
+                if not record["ok"]:
+                    report_error(record)
+    except (KeyboardInterrupt, Interrupted) as e:
+        raise interrupted(e if isinstance(e, Interrupted) else run.stop(), inputs) from None
+    if run.written is not None:
+        rows, failed = run.written
+        print(
+            f"wrote {rows} vector(s) to {run.out}" + (f"; {failed} input(s) failed" if failed else ""),
+            file=sys.stderr,
         )
-        done = resumed.done() if resumed is not None else set(previous)
-        todo = [p for p in paths if p not in done]
-        _, engine = load_model(model, revision, pool, opts) if todo else (None, None)
-        provenance = RunProvenance.of(engine, model) if todo and fmt == "jsonl" else None
-        if resumed is not None:
-            writer = resumed
-        elif fmt == "jsonl":
-            writer = RecordWriter(out, "jsonl", done=previous, settings=settings)
-        else:
-            writer = EmbeddingWriter(out, fmt, settings=settings)
-        results = checked_results(engine.run(todo) if todo else iter(()), engine)
-        failures = unlisted  # folders that could not be listed: inputs that failed
-        try:
-            with progress(len(todo), quiet, "embed") as advance:
-                for path in paths:
-                    if path in done:
-                        if fmt == "jsonl":
-                            writer.write(previous[path])
-                        continue
-                    result = next(results)
-                    advance()
-                    if not result.ok:
-                        failures += 1
-                        report_error(error_record(path, result.error))
-                    if fmt == "jsonl":
-                        writer.write({"path": path, "ok": True, "embedding": embedding(result).tolist(),
-                                      **provenance.record_fields(result.clips)}
-                                     if result.ok else {**error_record(path, result.error),
-                                                        "provenance": provenance.run})  # fmt: skip
-                    else:
-                        writer.write(path, embedding(result) if result.ok else None, result.error)
-        except KeyboardInterrupt:
-            results.close()  # stops the decoding workers before this process goes
-            writer.suspend()
-            raise interrupted(out, writer.kept, len(paths), partial_path(out), "-" in inputs) from None
-        if fmt == "jsonl":
-            writer.close()
-        else:
-            rows, failed = writer.close(paths)
-            print(
-                f"wrote {rows} vector(s) to {out}" + (f"; {failed} input(s) failed" if failed else ""),
-                file=sys.stderr,
-            )
-    return exit_code(failures)
+    return exit_code(run.failures)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 from ..jsonfile import dumps
 
 
-# ---- records (classify, embed --format jsonl) --------------------------------------------------------------
+# ---- records (classify; embed into JSON Lines) --------------------------------------------------------------
 def error_record(path: str, error: BaseException) -> dict:
     message = str(error) or type(error).__name__
     kind = getattr(error, "type_name", type(error).__name__)  # errors from worker processes keep their type
@@ -42,14 +42,17 @@ def partial_path(out: Path) -> Path:
 
 
 def finished_records(out: Path) -> dict[str, dict]:
-    """Records of inputs done by an earlier run of the same `--out`: the finished file and its `.partial`
+    """Records of inputs done by an earlier run into the same `out`: the finished file and its `.partial`
     journal. Failed inputs are not counted as done, so a resumed run tries them again."""
     try:
         return _finished_records(out)
     except UnicodeDecodeError:  # a binary file: not something vmae wrote
         raise UsageError(
-            f"{out} (or {partial_path(out).name}): not a JSON/JSONL output of vmae (binary data), so --resume "
-            "has nothing to continue; give another --out"
+            f"{out} (or {partial_path(out).name}): not a JSON/JSONL output of vmae (binary data), so "
+            f"{option('resume')} has nothing to continue; give another {option('out')}",
+            param="out",
+            value=out,
+            path=out,
         ) from None
 
 
@@ -72,16 +75,18 @@ def _finished_records(out: Path) -> dict[str, dict]:
 def check_settings(saved: dict | None, settings: dict, journal: Path) -> None:
     """Refuse to resume a journal made with other settings (what the outputs depend on: model, sampling...),
     so that one output never mixes two kinds of record or vector. A journal without settings passes."""
-    from ..errors import UsageError
-
     if saved is None:
         return
     changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
     if changed:
         was = ", ".join(f"{k} {saved.get(k)!r} (now {settings.get(k)!r})" for k in changed)
         raise UsageError(
-            f"--resume continues {journal}, made with {was}; resume with the same settings, "
-            "or drop --resume to start over"
+            f"{option('resume')} continues {journal}, made with {was}; resume with the same settings, "
+            f"or drop {option('resume')} to start over",
+            param="resume",
+            value=True,
+            allowed=saved,
+            path=journal,
         )
 
 
@@ -129,7 +134,7 @@ class RecordWriter:
 
     @staticmethod
     def files(out: Path) -> dict[Path, str]:
-        """What a run with `--out out` writes, and the kind of vmae file each is (see `check_outputs`)."""
+        """What a run into `out` writes, and the kind of vmae file each is (see `check_outputs`)."""
         return {out: "records", partial_path(out): "records"}
 
     def write(self, record: dict) -> None:
@@ -148,7 +153,7 @@ class RecordWriter:
             self.records.append(record)
 
     def suspend(self) -> None:
-        """Stop without finishing (an interrupt): the journal keeps every finished record for --resume."""
+        """Stop without finishing (an interrupt): the journal keeps every finished record to resume from."""
         if self._journal is not None:
             self._journal.close()
 
@@ -181,8 +186,6 @@ def check_outputs(files: dict[Path, str], inputs: Iterable[str], force: bool = F
     """Refuse output paths that would destroy something: an input, under any name (the same resolved path, or
     the same file through a hard or symbolic link), always; an existing file that is not a vmae output of its
     kind (`is_vmae_output`), unless `force`. `files`: path -> kind, as the writers' `files(out)` give them."""
-    from ..errors import UsageError
-
     existing = [p for p in files if os.path.lexists(p)]
     if not existing:
         return
@@ -192,14 +195,17 @@ def check_outputs(files: dict[Path, str], inputs: Iterable[str], force: bool = F
         if os.path.realpath(path) in resolved or _file_id(path) in ids:
             out = next(p for p in existing if os.path.realpath(p) == os.path.realpath(path)
                        or _file_id(p) == _file_id(path))  # fmt: skip
-            raise UsageError(f"--out {out} is the input {path}: writing it would destroy the input; choose "
-                             "another --out")  # fmt: skip
+            raise UsageError(f"{option('out')} {out} is the input {path}: writing it would destroy the input; "
+                             f"choose another {option('out')}", param="out", value=out, path=path)  # fmt: skip
     for path in existing:
         if not force and not is_vmae_output(path, files[path]):
             what = "a folder" if path.is_dir() else "a file"
             raise UsageError(
-                f"{path} exists and is {what} that vmae did not write; choose another --out, or add --force "
-                "to replace it"
+                f"{path} exists and is {what} that vmae did not write; choose another {option('out')}, or add "
+                f"{option('force')} to replace it",
+                param="out",
+                value=path,
+                path=path,
             )
 
 
@@ -321,14 +327,14 @@ class EmbeddingWriter:
 
     @staticmethod
     def files(out: Path) -> dict[Path, str]:
-        """What a run with `--out out` writes, and the kind of vmae file each is (see `check_outputs`)."""
+        """What a run into `out` writes, and the kind of vmae file each is (see `check_outputs`)."""
         stem = out.with_suffix("")
         return {out: "embeddings", partial_path(out): "journal",
                 stem.with_name(stem.name + ".paths.txt"): "text",
                 stem.with_name(stem.name + ".errors.jsonl"): "records"}  # fmt: skip
 
     def suspend(self) -> None:
-        """Stop without finishing (an interrupt): the journal keeps every finished vector for --resume."""
+        """Stop without finishing (an interrupt): the journal keeps every finished vector to resume from."""
         self._rows.close()
         self._index.close()
 
