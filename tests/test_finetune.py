@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from vmae_cli.inference.evaluate import Accuracy, finetune_splits, load_labelled
+from vmae_cli.inference.evaluate import Accuracy
 from vmae_cli.training.finetune import (
     ClassificationLoss,
     FinetuneAugment,
@@ -22,6 +22,7 @@ from vmae_cli.training.finetune import (
     resolve_recipe,
     run_finetuning,
 )  # fmt: skip
+from vmae_cli.video.labelled import finetune_splits, load_labelled
 
 from .conftest import load_script, read_metrics, vmae_in_process
 from .models import tiny_classifier, tiny_pretraining

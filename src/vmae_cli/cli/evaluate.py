@@ -64,9 +64,10 @@ def evaluate(
     Views follow the model (as `vmae classify`); --clips 5 --crops 3 averages the paper's 15 test views.
     Unreadable videos are listed on stderr and left out of the numbers (exit code 1).
     """
-    from ..inference.evaluate import evaluate_set, load_labelled
+    from ..inference.evaluate import evaluate_set
     from ..inference.tasks import RunOptions, load_model
     from ..jsonfile import dumps
+    from ..video.labelled import load_labelled
     from .batch import exit_code
     from .ui import progress
 

@@ -84,8 +84,8 @@ def probe(
     import numpy as np
 
     from ..errors import UsageError
-    from ..inference.evaluate import finetune_splits
     from ..inference.probe import embed_paths, read_features, run_probes
+    from ..video.labelled import finetune_splits
     from .batch import exit_code
     from .ui import progress
 

@@ -19,7 +19,8 @@ from .recipe import OptimRecipe, RunRecipe
 if TYPE_CHECKING:
     import torch
 
-    from ..inference.evaluate import Accuracy, LabelledSet
+    from ..inference.evaluate import Accuracy
+    from ..video.labelled import LabelledSet
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
     """Build model, data and loop from `recipe`, train into the run folder `out`, return the TrainState."""
     import torch
 
-    from ..inference.evaluate import finetune_splits
+    from ..video.labelled import finetune_splits
     from ..video.sampling import SamplingSpec
     from .data import ClipSpec, EpochSampler, make_loader
     from .loop import (
