@@ -231,7 +231,8 @@ def test_classify_needs_a_classifier(capsys, tmp_path, corpus):
 # ---- embed ------------------------------------------------------------------------------------------------
 def _reference_features(path, model_dir):
     from vmae_cli import VideoMAEForVideoClassification
-    from vmae_cli.inference.engine import default_sampling, preprocessor_for
+    from vmae_cli.inference.defaults import default_sampling
+    from vmae_cli.inference.engine import preprocessor_for
     from vmae_cli.video.clips import load_clips
 
     model = VideoMAEForVideoClassification.from_pretrained(model_dir)

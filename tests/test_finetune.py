@@ -122,7 +122,8 @@ def _direct(model_dir: Path, root: Path, clips: int, crops: int) -> tuple[np.nda
     from dataclasses import replace
 
     from vmae_cli import VideoMAEForVideoClassification
-    from vmae_cli.inference.engine import default_sampling, preprocessor_for
+    from vmae_cli.inference.defaults import default_sampling
+    from vmae_cli.inference.engine import preprocessor_for
     from vmae_cli.video.clips import load_clips
 
     model = VideoMAEForVideoClassification.from_pretrained(model_dir)

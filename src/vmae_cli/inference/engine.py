@@ -22,7 +22,7 @@ from ..video.clips import Clips, iter_views, plan_clips
 from ..video.discover import expand_inputs, parse_shard, take_shard  # noqa: F401 - named here first
 from ..video.preprocess import Preprocessor
 from ..video.reader import VideoReader
-from ..video.sampling import SEGMENT_DATASETS, SamplingSpec, default_sampling, model_sampling  # noqa: F401
+from ..video.sampling import SamplingSpec
 from ..video.timeline import Timeline
 
 if TYPE_CHECKING:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import UsageError, VmaeError
-from ..video.sampling import SamplingSpec, default_sampling
+from ..video.sampling import SamplingSpec
+from .defaults import default_sampling
 
 
 @dataclass

@@ -30,7 +30,7 @@ def architecture(config: VideoMAEConfig) -> str:
 
 def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
     from ..models.modeling import count_parameters
-    from .engine import model_sampling
+    from .defaults import model_sampling
     from .tasks import classify_pooling, embed_pooling
 
     found = resolve(ref, revision)
