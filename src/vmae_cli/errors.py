@@ -10,8 +10,9 @@ to a user of the command line.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 _MARK = "\x1f"  # the ASCII unit separator: brackets a parameter's name inside a message
 _OPTION = re.compile(f"{_MARK}([^{_MARK}]+){_MARK}")
@@ -26,14 +27,32 @@ def python_name(name: str) -> str:
     return f"`{name}`"
 
 
+_SPELLING: list[Callable[[str], str]] = [python_name]  # how this process spells parameters (`spelled`)
+
+
+@contextlib.contextmanager
+def spelled(name: Callable[[str], str]) -> Iterator[None]:
+    """Inside the block, messages and error records spell parameters with `name` (the CLI: its flags), so
+    that a record written to a file says what the terminal line says."""
+    _SPELLING.append(name)
+    try:
+        yield
+    finally:
+        _SPELLING.pop()
+
+
+def spell(text: str, name: Callable[[str], str] | None = None) -> str:
+    """`text` with each parameter marked by `option()` spelled by `name` (by default, as `spelled` says)."""
+    return _OPTION.sub(lambda m: (name or _SPELLING[-1])(m.group(1)), text)
+
+
 class VmaeError(Exception):
     """An expected failure with a one-line, actionable message."""
 
-    exit_code = 1
-
-    def render(self, name: Callable[[str], str] = python_name) -> str:
-        """The message, with each parameter it names spelled by `name` (the CLI passes its flags' table)."""
-        return _OPTION.sub(lambda m: name(m.group(1)), super().__str__())
+    def render(self, name: Callable[[str], str] | None = None) -> str:
+        """The message, with each parameter it names spelled by `name` (the CLI passes its flags' table; by
+        default as `spelled` says: `dtype` to a Python caller). `render(option)` keeps the marks."""
+        return spell(super().__str__(), name)
 
     def __str__(self) -> str:
         return self.render()
@@ -45,8 +64,6 @@ class UsageError(VmaeError, ValueError):
     Fields, where known: `param` (the parameter's name, as in `option()`), `value` (what was passed),
     `allowed` (what would fit: a tuple of choices or a range in words), `path` (a file the value names).
     """
-
-    exit_code = 2
 
     def __init__(self, message: str, *, param: str | None = None, value=None, allowed=None, path=None):
         super().__init__(message)
@@ -60,8 +77,6 @@ class CheckpointError(VmaeError):
     from inputs that failed (1).
     """
 
-    exit_code = 2
-
 
 class ModelNotFoundError(CheckpointError, OSError):
     """A model whose files are not there: no such folder or file, no config.json or weights in it, or a Hub id
@@ -71,8 +86,6 @@ class ModelNotFoundError(CheckpointError, OSError):
 
 class ConfigError(VmaeError, ValueError):
     """An invalid or inconsistent model configuration: the model cannot be built, the run cannot start (exit 2)."""
-
-    exit_code = 2
 
 
 class FieldError(ConfigError):
@@ -93,7 +106,7 @@ class FieldError(ConfigError):
             self.path = path
         return self
 
-    def render(self, name: Callable[[str], str] = python_name) -> str:
+    def render(self, name: Callable[[str], str] | None = None) -> str:
         text = super().render(name)
         return f"{self.path}: {text}" if self.path is not None else text
 
@@ -104,8 +117,6 @@ class Interrupted(VmaeError):
     Fields, where a batch run was stopped: `kept` (inputs done and kept), `total` (inputs of the run),
     `journal` (where they are kept; None where nothing was written to disk).
     """
-
-    exit_code = 130
 
     def __init__(self, message: str, *, kept: int | None = None, total: int | None = None, journal=None):
         super().__init__(message)

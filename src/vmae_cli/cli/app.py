@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from ..errors import VmaeError
+from ..errors import VmaeError, spelled
 from . import classify, convert, embed, errors, evaluate, export, finetune, info, pretrain, probe
 from .help import Command, Group, examples
 from .logs import messages_to
@@ -54,7 +54,9 @@ def root(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point. Exit codes: 0 done, 1 failed (some or all inputs), 2 usage error, 130 interrupted."""
     debug = os.environ.get("VMAE_DEBUG", "") not in ("", "0")
-    with messages_to(sys.stderr):  # log records and warnings: one line each, repeats counted
+    # log records and warnings: one line each, repeats counted; parameters spelled as flags, in messages and in
+    # the error records written to files alike
+    with messages_to(sys.stderr), spelled(errors.flag):
         code = _run(argv, debug)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -34,9 +34,9 @@ def run_live(source: str, model: str, revision: str | None, opts, *, top_k: int,
     except VmaeError as e:
         if not stats.received:
             raise
-        failed = VmaeError(f"{e} ({stats.summary()})")  # the stream broke after it started: what it gave
-        failed.exit_code = e.exit_code
-        raise failed from None
+        # the stream broke after it started: the same error (its type gives the exit code), saying what it gave
+        e.args = (f"{Exception.__str__(e)} ({stats.summary()})", *e.args[1:])
+        raise e from None
     if not stats.windows:
         raise VmaeError(f"{source}: the stream ended before one window was complete ({stats.summary()})")
     print(f"live: the stream ended; {stats.summary()}", file=sys.stderr)

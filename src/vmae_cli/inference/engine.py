@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.utils.data
 
+from ..errors import VmaeError, option, spell
 from ..runtime import default_workers, init_decode_worker
 from ..video.clips import Clips, iter_views, plan_clips
 from ..video.discover import expand_inputs, parse_shard, take_shard  # noqa: F401 - named here first
@@ -78,7 +79,10 @@ class ClipLoader:
                 for views in iter_views(reader, clips, self.preprocessor, self.max_views):
                     yield index, path, views
         except Exception as e:  # noqa: BLE001 - one input's failure is its result, whatever it is
-            yield index, path, LoadError(type(e).__name__, str(e))
+            message = (
+                e.render(option) if isinstance(e, VmaeError) else str(e)
+            )  # parameters spelled where shown
+            yield index, path, LoadError(type(e).__name__, message)
 
 
 class _ViewStream(torch.utils.data.IterableDataset):
@@ -165,7 +169,7 @@ class VideoResult:
 
 class Engine:
     """Runs `head(model, pixel_values) -> (B, K)` over the views of many videos, in batches, and averages
-    each video's `per_view(outputs)` over its views (a classifier's softmax, `predict.view_scores`; without
+    each video's `per_view(outputs)` over its views (a classifier's softmax, `tasks.view_scores`; without
     per_view, the outputs themselves), in float32 on the CPU.
 
     batch_size counts views (clips x crops); views are decoded, preprocessed and run a batch at a time, so
@@ -331,7 +335,8 @@ class Engine:
         self._warned_short_window = True
         log.warning(
             "%s: the %.2f s window is shorter than one clip (%d frames x stride %d = %.2f s here): each window "
-            "is classified by the clip centred on it, which reaches beyond the window; --window %.2f or more "
+            "is classified by the clip centred on it, which reaches beyond the window; %s %.2f or more "
             "keeps the clips inside their windows",
-            clips.path, plan.window, plan.spec.frames, plan.spec.stride, plan.clip_seconds, plan.clip_seconds,
+            clips.path, plan.window, plan.spec.frames, plan.spec.stride, plan.clip_seconds, spell(option("window")),
+            plan.clip_seconds,
         )  # fmt: skip

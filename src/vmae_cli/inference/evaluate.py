@@ -55,7 +55,7 @@ class Accuracy:
                 for i in range(len(self.id2label))]  # fmt: skip
 
     def to_dict(self) -> dict:
-        """The `vmae evaluate --json` record."""
+        """The record of an evaluation (what `vmae evaluate` prints as JSON)."""
         return {
             "top1": round(self.top1, 6),
             "top5": round(self.top5, 6),

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..errors import UsageError, VmaeError
+from ..errors import UsageError, VmaeError, option
 from ..files import atomic_write_text
 from ..jsonfile import dumps
 
@@ -60,7 +60,7 @@ class ExportResult:
     sidecar: str
     format: str  # pt2 | onnx
     task: str  # classify | features
-    pool: str | None  # features only: embed's --pool, auto resolved (mean+fc_norm, mean, token0, none)
+    pool: str | None  # features only: embed's pooling, auto resolved (mean+fc_norm, mean, token0, none)
     dtype: str
     batch: int | str  # a fixed batch size, or "dynamic"
     opset: int | None
@@ -106,19 +106,24 @@ def export_model(
     out = Path(out)
     fmt = _format(out, format)
     if task not in TASKS:
-        raise UsageError(f"--task {task!r}: choose one of {', '.join(TASKS)}")
+        raise UsageError(f"{option('task')} {task!r}: choose one of {', '.join(TASKS)}", param="task", value=task,
+                         allowed=TASKS)  # fmt: skip
     if pool not in POOLING:
-        raise UsageError(f"--pool {pool!r}: choose one of {', '.join(POOLING)}")
+        raise UsageError(f"{option('pool')} {pool!r}: choose one of {', '.join(POOLING)}", param="pool", value=pool,
+                         allowed=POOLING)  # fmt: skip
     if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise UsageError(f"{option('dtype')} {dtype!r}: choose one of {', '.join(DTYPES)}", param="dtype", value=dtype,
+                         allowed=DTYPES)  # fmt: skip
     if fmt == "onnx":
         if dtype == "bf16":
             raise UsageError(
-                "--dtype bf16: ONNX has no bfloat16 convolution (the patch embedding); export ONNX in fp32 or "
-                "fp16, or bf16 as .pt2"
-            )
+                f"{option('dtype')} bf16: ONNX has no bfloat16 convolution (the patch embedding); export ONNX in "
+                "fp32 or fp16, or bf16 as .pt2",
+                param="dtype", value=dtype, allowed=("fp32", "fp16"),
+            )  # fmt: skip
         if opset < MIN_OPSET:
-            raise UsageError(f"--opset {opset}: vmae exports ONNX opset {MIN_OPSET} or later")
+            raise UsageError(f"{option('opset')} {opset}: vmae exports ONNX opset {MIN_OPSET} or later",
+                             param="opset", value=opset, allowed=f"{MIN_OPSET} or later")  # fmt: skip
         _import_onnx(verify)
     sidecar = out.with_name(out.name + ".json")
     tolerance = TOLERANCE[dtype] if tolerance is None else tolerance
@@ -193,10 +198,12 @@ def export_model(
 def _format(out: Path, format: str | None) -> str:
     if format is not None:
         if format not in FORMATS.values():
-            raise UsageError(f"--format {format!r}: choose pt2 or onnx")
+            raise UsageError(f"{option('format')} {format!r}: choose pt2 or onnx", param="format", value=format,
+                             allowed=("pt2", "onnx"))  # fmt: skip
         return format
     if out.suffix.lower() not in FORMATS:
-        raise UsageError(f"{out}: name it .pt2 (torch.export) or .onnx, or pass --format pt2|onnx")
+        raise UsageError(f"{out}: name it .pt2 (torch.export) or .onnx, or pass {option('format')} pt2|onnx",
+                         param="out", value=out, allowed=(".pt2", ".onnx"))  # fmt: skip
     return FORMATS[out.suffix.lower()]
 
 
@@ -216,7 +223,8 @@ def _import_onnx(verify: bool) -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise UsageError(f"--format onnx needs {' and '.join(missing)}: {ONNX_HINT}")
+        raise UsageError(f"{option('format')} onnx needs {' and '.join(missing)}: {ONNX_HINT}", param="format",
+                         value="onnx")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -250,7 +258,8 @@ def verification_views(engine, clip: str | os.PathLike | None, count: int) -> to
         try:
             views = load_clips(clip, spec, engine.preprocessor).pixel_values
         except VmaeError as e:
-            raise UsageError(f"--verify-clip {clip}: {e}") from None
+            raise UsageError(f"{option('verify_clip')} {clip}: {e.render(option)}", param="verify_clip", value=clip,
+                             path=clip) from None  # fmt: skip
     else:
         ch, cw = engine.preprocessor.crop
         frames = synthetic_frames(max(64, spec.frames * spec.stride), ch * 5 // 4, cw * 5 // 4)
@@ -319,7 +328,7 @@ def _verify(
         raise ExportError(
             f"verification failed: the exported program differs from the eager model by up to {diff:.3g} "
             f"(allowed {tolerance:g} x max(1, largest output {scale:.3g})); nothing was written "
-            "(--tolerance sets the limit, --no-verify skips the check)"
+            f"({option('tolerance')} sets the limit, {option('verify=False')} skips the check)"
         )
     if fp32_engine is not None:
         fp32 = fp32_engine()

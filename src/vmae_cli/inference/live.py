@@ -1,7 +1,7 @@
 """Live input: classify a stream window by window as it comes, dropping frames rather than falling behind.
 
     source --decoding thread--> FrameRing (the newest few seconds of decoded frames; older ones fall out)
-           --model thread: the latest complete window--> clips sampled as `--timeline` samples a window
+           --model thread: the latest complete window--> clips sampled as a timeline samples a window
            --iter_views + Engine.forward--> one record per window
 
 A source is anything FFmpeg opens: a network URL (rtsp, http(s), udp, tcp, srt...), a capture device
@@ -31,6 +31,7 @@ import av
 import numpy as np
 import torch
 
+from ..errors import option
 from ..video.clips import Clips, iter_views
 from ..video.errors import NoVideoStreamError, VideoError, ffmpeg_error, reason
 from ..video.timeline import clips_per_window, window_clips
@@ -159,9 +160,9 @@ def open_source(source: str, input_format: str | None = None, timeout: float = 1
             raise LiveSourceError(f"{source}: the stream ended before anything in it could be read") from None
         except av.error.FFmpegError as e:
             raise LiveSourceError(f"{source}: cannot open ({last_error() or reason(e)}); check the URL or "
-                                  "device (and --live-format)") from None  # fmt: skip
+                                  f"device (and {option('input_format')})") from None  # fmt: skip
         except ValueError as e:  # PyAV: an unknown format name
-            raise LiveSourceError(f"{source}: {e}; check --live-format") from None
+            raise LiveSourceError(f"{source}: {e}; check {option('input_format')}") from None
     videos = [s for s in container.streams.video if s.codec_context is not None]
     if not videos:
         container.close()
@@ -319,7 +320,7 @@ def live_classify(
 
 
 def _classify_window(engine, config, frames: list[_Frame], start, end, size, per: int, top_k: int) -> dict:
-    """One window's record: its clips sampled as `--timeline` samples a window, through the model."""
+    """One window's record: its clips sampled as a timeline samples a window, through the model."""
     spec = engine.spec
     ts = np.array([f.time for f in frames])
     rows, _ = window_clips(ts, start, end, spec, per)  # indices into `frames`

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..errors import UsageError, VmaeError
+from ..errors import UsageError, VmaeError, option
 from ..video.sampling import SamplingSpec
 from .defaults import default_sampling
 
@@ -36,14 +36,14 @@ class RunOptions:
 
 
 def sampling_spec(config, preprocessor_config: dict | None, opts: RunOptions) -> SamplingSpec:
-    """The model's own sampling (`default_sampling`) with the run's --frames, --stride, --sampling, --clips
-    and --crops."""
+    """The model's own sampling (`default_sampling`) with the run's frames, stride, sampling, clips and crops."""
     spec = default_sampling(config, preprocessor_config)
     if opts.frames is not None and opts.frames != config.num_frames:
         raise UsageError(
-            f"--frames {opts.frames}: this model takes exactly {config.num_frames} frames per clip "
-            "(its position table is fixed)"
-        )
+            f"{option('frames')} {opts.frames}: this model takes exactly {config.num_frames} frames per clip "
+            "(its position table is fixed)",
+            param="frames", value=opts.frames, allowed=(config.num_frames,),
+        )  # fmt: skip
     changes = {k: v for k, v in dict(mode=opts.sampling, stride=opts.stride, clips=opts.clips,
                                      crops=opts.crops).items() if v is not None}  # fmt: skip
     if opts.sampling == "uniform" and opts.clips is None:
@@ -51,4 +51,11 @@ def sampling_spec(config, preprocessor_config: dict | None, opts: RunOptions) ->
     try:
         return replace(spec, frames=config.num_frames, **changes)
     except VmaeError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(e.render(option), **_fields(e)) from None
+
+
+def _fields(e: VmaeError) -> dict:
+    """The fields of a UsageError (param, value, allowed, path), to raise it again as one."""
+    return {
+        k: getattr(e, k) for k in ("param", "value", "allowed", "path") if getattr(e, k, None) is not None
+    }

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 from .evaluate import Accuracy
 
 KNN_K = 20
@@ -165,7 +165,8 @@ def read_features(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ) from None
     if vectors.ndim != 2 or len(vectors) != len(names):
         raise UsageError(f"{path}: {len(names)} paths for an array of shape {tuple(vectors.shape)}; "
-                         "give a file written by `vmae embed` with --pool mean, token0 or auto")  # fmt: skip
+                         f"give a file written by `vmae embed` with {option('pool')} mean, token0 or auto",
+                         param="features", value=path, path=path)  # fmt: skip
     return {os.path.realpath(p): v for p, v in zip(names, vectors, strict=True)}
 
 

@@ -59,7 +59,7 @@ def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
         "labels": labels[:5] + (["..."] if len(labels) > 5 else []),
         "parameters": count_parameters(config, arch),
         "weights": [p.name for p in found.weights],
-        "sampling": sampling.to_dict(),  # what classify and embed sample without --sampling/--stride/...
+        "sampling": sampling.to_dict(),  # what classify and embed sample by default
         "sampling_from": evidence,
     }
 

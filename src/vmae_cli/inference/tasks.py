@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, VmaeError
+from ..errors import CheckpointError, VmaeError, option
 from ..runtime import resolve_device, resolve_dtype
 from .engine import Engine, VideoResult, preprocessor_for
 from .options import RunOptions, sampling_spec  # noqa: F401 - named here first
@@ -25,7 +25,7 @@ POOLING = ("auto", "mean", "token0", "none")
 
 
 def embed_pooling(config) -> str:
-    """What `embed --pool auto` gives: "mean+fc_norm", what a mean-pooling classifier's head sees, else "mean",
+    """What embedding with pool "auto" gives: "mean+fc_norm", what a mean-pooling classifier's head sees, else "mean",
     the encoder's token mean (pre-training and encoder checkpoints, classifiers that read token 0)."""
     return "mean+fc_norm" if config.num_labels > 0 and config.use_mean_pooling else "mean"
 
@@ -188,7 +188,7 @@ def non_finite_cause(engine: Engine) -> str:
     eps = model.config.layer_norm_eps
     if not (np.isfinite(eps) and eps > 0):
         return f"config.json has layer_norm_eps {eps}; it must be a small positive number such as 1e-12"
-    return f"an overflow in {str(engine.dtype).replace('torch.', '')}: check its weights, or try --dtype fp32"
+    return f"an overflow in {str(engine.dtype).replace('torch.', '')}: check its weights, or try {option('dtype')} fp32"
 
 
 def embedding(result: VideoResult) -> np.ndarray:

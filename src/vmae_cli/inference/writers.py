@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError, option
+from ..errors import UsageError, option, spell
 from ..jsonfile import dumps
 
 
 # ---- records (classify; embed into JSON Lines) --------------------------------------------------------------
 def error_record(path: str, error: BaseException) -> dict:
-    message = str(error) or type(error).__name__
+    """A failed input's record: the error's type and the first line of its message, with the parameters it names
+    spelled as this process shows them (`errors.spelled`: the CLI's records say what its terminal says)."""
+    message = spell(str(error)) or type(error).__name__
     kind = getattr(error, "type_name", type(error).__name__)  # errors from worker processes keep their type
     return {"path": path, "ok": False, "error": {"type": kind, "message": message.splitlines()[0]}}
 
