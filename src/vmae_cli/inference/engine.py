@@ -25,6 +25,7 @@ from ..video.preprocess import Preprocessor
 from ..video.reader import VideoReader
 from ..video.sampling import SamplingSpec
 from ..video.timeline import Timeline
+from .options import RunOptions
 
 if TYPE_CHECKING:
     from .ahead import DecodedAhead
@@ -170,7 +171,8 @@ class VideoResult:
 class Engine:
     """Runs `head(model, pixel_values) -> (B, K)` over the views of many videos, in batches, and averages
     each video's `per_view(outputs)` over its views (a classifier's softmax, `tasks.view_scores`; without
-    per_view, the outputs themselves), in float32 on the CPU.
+    per_view, the outputs themselves), in float32 on the CPU. `reader_kwargs`: what each VideoReader is opened
+    with (`RunOptions.reader_kwargs`, as ahead.py opens its own, so that the engine takes its frames).
 
     batch_size counts views (clips x crops); views are decoded, preprocessed and run a batch at a time, so
     memory stays bounded whatever the sampling protocol, the video's length or its resolution.
@@ -187,8 +189,7 @@ class Engine:
         device: torch.device | None = None,
         dtype: torch.dtype = torch.float32,
         workers: int = 0,
-        threads: int = 0,
-        timeout: float | None = 120.0,
+        reader_kwargs: dict | None = None,
         per_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.model, self.head, self.per_view = model, head, per_view
@@ -197,7 +198,7 @@ class Engine:
         self.device = device or torch.device("cpu")
         self.dtype = dtype
         self.workers = workers or default_workers()
-        self.reader_kwargs = {"threads": threads, "timeout": timeout}
+        self.reader_kwargs = RunOptions().reader_kwargs if reader_kwargs is None else reader_kwargs
         self._inflight: tuple | None = None  # (owners, outputs, event) of the batch on the device
         self._warned_short_window = False
 

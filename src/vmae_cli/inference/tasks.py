@@ -90,8 +90,8 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     pre_cfg = model.preprocessor_config
     engine = Engine(
         model, head, preprocessor_for(model, pre_cfg), sampling_spec(config, pre_cfg, opts),
-        batch_size=opts.batch_size, device=device, dtype=dtype, workers=opts.workers, threads=opts.threads,
-        timeout=opts.timeout, per_view=per_view,
+        batch_size=opts.batch_size, device=device, dtype=dtype, workers=opts.workers,
+        reader_kwargs=opts.reader_kwargs, per_view=per_view,
     )  # fmt: skip
     return model, engine
 
