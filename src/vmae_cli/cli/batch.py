@@ -1,10 +1,12 @@
-"""What classify and embed share on the command line: thread policy, exit codes, error lines, the resume hint."""
+"""What classify and embed share on the command line: thread policy, and a batch run shown on the terminal
+(`show_run`: progress, error lines, exit code, and at Ctrl-C the command that continues it)."""
 
 from __future__ import annotations
 
 import os
 import shlex
 import sys
+from collections.abc import Callable
 
 from ..errors import Interrupted
 
@@ -27,8 +29,12 @@ def exit_code(failures: int) -> int:
 
 
 def report_error(record: dict) -> None:
+    """One line on stderr for a failed input's record."""
+    report_failure(record["path"], record["error"]["message"])
+
+
+def report_failure(path: str, message: str) -> None:
     """One line on stderr for a failed input (naming the file once)."""
-    path, message = record["path"], record["error"]["message"]
     print(f"error: {message}" if path in message else f"error: {path}: {message}", file=sys.stderr)
 
 
@@ -51,3 +57,28 @@ def interrupted(e: Interrupted, inputs: list[str]) -> Interrupted:
         f"interrupted: {e.kept} of {e.total} input(s) done and kept in {e.journal}; continue with: "
         f"{resume_command()}{stdin}"
     )
+
+
+def show_run(
+    run, inputs: list[str], label: str, quiet: bool, render: Callable[[dict], None] | None = None
+) -> int:
+    """Run a BatchRun (inference/batch.py) on the command line: the model loads, then a progress bar over what
+    is left to do, each new record given to `render` (the table; JSON is written by the run itself), one line
+    on stderr per failed input, and at Ctrl-C what was kept and the command that continues it. Returns the
+    exit code."""
+    from .ui import progress
+
+    run.start()  # loads the model
+    try:
+        with progress(len(run.paths) - len(run.done), quiet, label) as advance:
+            for record in run:
+                if record["path"] in run.done:
+                    continue
+                advance()
+                if render is not None:
+                    render(record)
+                if not record["ok"]:
+                    report_error(record)
+    except (KeyboardInterrupt, Interrupted) as e:
+        raise interrupted(e if isinstance(e, Interrupted) else run.stop(), inputs) from None
+    return exit_code(run.failures)

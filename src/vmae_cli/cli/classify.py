@@ -110,11 +110,10 @@ def classify(
     from .batch import idle_threads_sleep
 
     idle_threads_sleep()  # before torch is imported
-    from ..errors import Interrupted
     from ..inference.batch import classify_batch
     from ..inference.options import RunOptions
-    from .batch import exit_code, interrupted, report_error
-    from .ui import progress
+    from .batch import show_run
+    from .render import print_classification
 
     if json_ and jsonl:
         raise typer.BadParameter("choose one of --json and --jsonl")
@@ -145,18 +144,4 @@ def classify(
     inputs = inputs or []
     run = classify_batch(inputs, model, revision=revision, options=opts, top_k=top_k, timeline=timeline,
                          window=window, hop=hop, out=out, fmt=fmt, resume=resume, force=force, shard=shard)  # fmt: skip
-    run.start()  # loads the model
-    try:
-        with progress(len(run.paths) - len(run.done), quiet, "classify") as advance:
-            for record in run:
-                if record["path"] not in run.done:
-                    advance()
-                if fmt is None:
-                    from .render import print_classification
-
-                    print_classification(record)
-                if not record["ok"]:
-                    report_error(record)
-    except (KeyboardInterrupt, Interrupted) as e:
-        raise interrupted(e if isinstance(e, Interrupted) else run.stop(), inputs) from None
-    return exit_code(run.failures)
+    return show_run(run, inputs, "classify", quiet, print_classification if fmt is None else None)

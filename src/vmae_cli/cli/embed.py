@@ -82,11 +82,9 @@ def embed(
     (--clips x --crops) are averaged into one vector per video. The default model is the Kinetics-400
     classifier MCG-NJU/videomae-base-finetuned-kinetics (its pooled features).
     """
-    from ..errors import Interrupted
     from ..inference.batch import embed_batch
     from ..inference.options import RunOptions
-    from .batch import exit_code, interrupted, report_error
-    from .ui import progress
+    from .batch import show_run
 
     fmt = format_ or out.suffix.lstrip(".")
     if fmt not in FORMATS:
@@ -108,21 +106,11 @@ def embed(
     opts = RunOptions(batch_size, device, dtype, workers, threads, frames, stride, sampling, clips, crops)
     run = embed_batch(inputs, out, model, revision=revision, options=opts, pool=pool, fmt=fmt, resume=resume,
                       force=force, shard=shard)  # fmt: skip
-    run.start()  # loads the model
-    try:
-        with progress(len(run.paths) - len(run.done), quiet, "embed") as advance:
-            for record in run:
-                if record["path"] in run.done:
-                    continue
-                advance()
-                if not record["ok"]:
-                    report_error(record)
-    except (KeyboardInterrupt, Interrupted) as e:
-        raise interrupted(e if isinstance(e, Interrupted) else run.stop(), inputs) from None
+    code = show_run(run, inputs, "embed", quiet)
     if run.written is not None:
         rows, failed = run.written
         print(
             f"wrote {rows} vector(s) to {run.out}" + (f"; {failed} input(s) failed" if failed else ""),
             file=sys.stderr,
         )
-    return exit_code(run.failures)
+    return code

@@ -68,7 +68,7 @@ def evaluate(
     from ..inference.tasks import RunOptions, load_model
     from ..jsonfile import dumps
     from ..video.labelled import load_labelled
-    from .batch import exit_code
+    from .batch import exit_code, report_failure
     from .ui import progress
 
     opts = RunOptions(batch_size, device, dtype, workers, threads, None, stride, sampling, clips, crops)
@@ -77,7 +77,7 @@ def evaluate(
     with progress(len(labelled), quiet, "evaluate") as advance:
         acc = evaluate_set(engine, labelled, advance)
     for path, message in acc.failed:
-        print(f"error: {message}" if path in message else f"error: {path}: {message}", file=sys.stderr)
+        report_failure(path, message)
     if json_:
         sys.stdout.write(dumps(acc.to_dict()) + "\n")
     else:

@@ -86,7 +86,7 @@ def probe(
     from ..errors import UsageError
     from ..inference.probe import embed_paths, read_features, run_probes
     from ..video.labelled import finetune_splits
-    from .batch import exit_code
+    from .batch import exit_code, report_failure
     from .ui import progress
 
     if pool not in ("auto", "mean", "token0"):
@@ -129,7 +129,7 @@ def probe(
         return x, np.array([y for _, y in keep], dtype=np.int64)
 
     for path, message in failed:
-        print(f"error: {message}" if path in message else f"error: {path}: {message}", file=sys.stderr)
+        report_failure(path, message)
     train_x, train_y = arrays(train)
     val_x, val_y = arrays(held_out) if held_out is not None else (None, None)
     if val_x is not None and not len(val_x):
