@@ -183,3 +183,32 @@ def test_resume_refuses_another_model(tmp_path, capsys):
         code, _, err = vmae_in_process(capsys, "pretrain", tmp_path, "-o", run, "--resume", *extra)
         assert code == 2 and err.count("\n") == 1 and "cannot change" in err, extra
     assert (run / "config.toml").read_text() == 'model = "tiny"\n'
+
+
+def test_error_records_spell_parameters_as_the_terminal_line_and_the_table_gives_exit_codes():
+    """A failed input's record says what its terminal line says (`--dtype` on the command line, `dtype` to
+    Python), whether the error came from this process or from a decoding worker; cli/errors.py maps types to
+    exit codes."""
+    from vmae_cli.cli.errors import exit_code, flag, message
+    from vmae_cli.errors import (
+        ConfigError,
+        Interrupted,
+        ModelNotFoundError,
+        UsageError,
+        VmaeError,
+        option,
+        spelled,
+    )
+    from vmae_cli.inference.engine import LoadError
+    from vmae_cli.inference.writers import error_record
+
+    e = UsageError(f"{option('dtype')} 'x': bad; or {option('verify=False')}")
+    assert error_record("a.mp4", e)["error"]["message"] == "`dtype` 'x': bad; or `verify=False`"
+    with spelled(flag):
+        cli_line = "--dtype 'x': bad; or --no-verify"
+        assert message(e) == str(e) == error_record("a.mp4", e)["error"]["message"] == cli_line
+        from_worker = LoadError("UsageError", e.render(option))  # as engine.ClipLoader sends it
+        assert error_record("a.mp4", from_worker)["error"] == {"type": "UsageError", "message": cli_line}
+    assert str(e) == "`dtype` 'x': bad; or `verify=False`"  # spelled() ends with its block
+    codes = [exit_code(x("m")) for x in (VmaeError, UsageError, ModelNotFoundError, ConfigError, Interrupted)]
+    assert codes == [1, 2, 2, 2, 130]
