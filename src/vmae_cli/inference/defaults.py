@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import option, spell
 from ..models.labelsets import recognise
 from ..video.sampling import SamplingSpec
 
@@ -34,7 +35,8 @@ def model_sampling(config, preprocessor_config: dict | None) -> tuple[SamplingSp
     if dataset is None and config.num_labels == 174:
         log.warning(
             "174 labels that are not Something-Something v2's: sampling a window; if this is an SSv2 model, "
-            "pass --sampling uniform"
+            "pass %s uniform",
+            spell(option("sampling")),
         )
     window = SamplingSpec(mode="window", frames=config.num_frames, stride=4)
     return window, f"labels: {dataset}" if dataset else "default: no frame_sampling, no known label set"
