@@ -407,3 +407,19 @@ def test_finetune_of_a_small_pretrained_folder_takes_the_small_data_recipe(tmp_p
     assert plan.peak == pytest.approx(8e-3 * (8 / 256) ** 0.5) and plan.total == 300
     base = resolve_recipe(tmp_path / "ft2", "base", [], {"model": str(folder)}, False)
     assert base.augment.mixup == 0.8  # a named recipe still wins
+
+
+def test_label_map_and_shard_errors_name_parameters_not_flags(tmp_path):
+    """A Python caller is told about `label_map` / `shard` (the CLI says --labels / --shard), with fields."""
+    from vmae_cli.errors import UsageError
+    from vmae_cli.video.discover import parse_shard
+    from vmae_cli.video.labelled import read_label_map
+
+    (tmp_path / "dup.txt").write_text("a\na\n")
+    with pytest.raises(UsageError) as info:
+        read_label_map(tmp_path / "dup.txt")
+    assert str(info.value).startswith("`label_map` ") and "--" not in str(info.value)
+    assert (info.value.param, info.value.path) == ("label_map", tmp_path / "dup.txt")
+    with pytest.raises(UsageError) as info:
+        parse_shard("3/2")
+    assert str(info.value) == "`shard` 3/2: need 0 <= i < n" and info.value.value == "3/2"

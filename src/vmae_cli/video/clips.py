@@ -40,7 +40,9 @@ class Clips:
     frames: np.ndarray | None = None  # uint8 (clips, T, H, W, 3) before preprocessing, from load_frames
     crops: int = 1  # views per clip: rows of indices / timestamps repeat each clip's row this many times
     frame_size: tuple[int, int] | None = None  # (height, width) of the frames, upright: where the crops lie
-    timeline: TimelinePlan | None = None  # --timeline: the windows, clips_per_window * crops views each
+    timeline: TimelinePlan | None = (
+        None  # a timeline's plan: the windows, clips_per_window * crops views each
+    )
 
 
 def plan_clips(reader: VideoReader, spec: SamplingSpec, timeline: Timeline | None = None) -> Clips:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,15 @@ class ListFile:
         return next((self.header.index(c) for c in names if c in self.header), None) if self.header else None
 
 
-def read_text(path: str | os.PathLike, what: str = "the list file") -> str:
-    """A text file's content, UTF-8 with or without a BOM; an unreadable file is a usage error naming it."""
+def read_text(path: str | os.PathLike, what: str = "the list file", param: str | None = None) -> str:
+    """A text file's content, UTF-8 with or without a BOM; an unreadable file is a usage error naming it
+    (`param`: the parameter that named the file, if any)."""
     try:
         return Path(path).expanduser().read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path}: cannot read {what} ({e})") from None
+        raise UsageError(
+            f"{path}: cannot read {what} ({e})", param=param, value=str(path), path=path
+        ) from None
 
 
 def read_list(path: str | os.PathLike) -> ListFile:
@@ -213,9 +216,19 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in shard.split("/"))
     except ValueError:
-        raise UsageError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+        raise UsageError(
+            f"{option('shard')} must look like i/n (e.g. 0/4), got {shard!r}",
+            param="shard",
+            value=shard,
+            allowed="i/n, 0 <= i < n",
+        ) from None
     if not 0 <= i < n:
-        raise UsageError(f"--shard {shard}: need 0 <= i < n")
+        raise UsageError(
+            f"{option('shard')} {shard}: need 0 <= i < n",
+            param="shard",
+            value=shard,
+            allowed="i/n, 0 <= i < n",
+        )
     return i, n
 
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 from .discover import PATH_COLUMNS, read_list, read_text, resolve_listed, subfolders, videos_in_folder
 
 LABEL_COLUMNS = ("label", "class", "category", "label_index")
@@ -37,14 +37,25 @@ class LabelledSet:
 
 def read_label_map(path: str | os.PathLike) -> dict[int, str]:
     """One label name per line (the original's label_map_k400.txt): line i names index i."""
-    names = [
-        line.strip() for line in read_text(path, "the label map (--labels)").splitlines() if line.strip()
-    ]
+    text = read_text(path, f"the label map ({option('label_map')})", param="label_map")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        raise UsageError(f"--labels {path}: the label map is empty (expected one label name per line)")
+        raise _bad_label_map(
+            path, "the label map is empty (expected one label name per line)", "one name per line"
+        )
     if len(set(names)) != len(names):
-        raise UsageError(f"--labels {path}: a label name appears twice")
+        raise _bad_label_map(path, "a label name appears twice", "distinct label names")
     return dict(enumerate(names))
+
+
+def _bad_label_map(path, problem: str, allowed: str) -> UsageError:
+    return UsageError(
+        f"{option('label_map')} {path}: {problem}",
+        param="label_map",
+        value=str(path),
+        allowed=allowed,
+        path=path,
+    )
 
 
 def load_labelled(
@@ -84,7 +95,7 @@ def _natural(name: str) -> tuple:
 
 def finetune_splits(data: str | os.PathLike, val: str | os.PathLike | None = None,
                     label_map: str | os.PathLike | None = None) -> tuple[LabelledSet, LabelledSet | None]:  # fmt: skip
-    """(train, val) for `vmae finetune`: DATA/train + DATA/val when DATA holds them, else DATA and --val."""
+    """(train, val) for `vmae finetune`: DATA/train + DATA/val when DATA holds them, else DATA and `val`."""
     root = Path(data).expanduser()
     if root.is_dir() and (root / "train").is_dir():
         if val is None and (root / "val").is_dir():

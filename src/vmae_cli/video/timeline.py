@@ -1,12 +1,12 @@
-"""`--timeline`: which frames make the clips of each window of a long video.
+"""A timeline: which frames make the clips of each window of a long video.
 
 Every window is sampled as the model was trained, as if it were a whole video of its own:
 
 - window sampling (Kinetics-style): clips of `frames` frames at the model's `stride`, placed in the window
   exactly as plain classify places them in a video (`window_indices` on the window's frames): one clip
   centred (on the stride grid from the window's first frame), or several spread over the window as
-  `--clips` spreads them; their views are averaged.
-  Clips per window: `--clips` if given, else enough to cover the window, ceil(window / clip length) with
+  `clips` spreads them; their views are averaged.
+  Clips per window: `clips` if given, else enough to cover the window, ceil(window / clip length) with
   clip length = frames x stride / fps. A window shorter than one clip is classified by the clip centred
   on the window's centre, which reaches beyond the window (the plan says so); near the video's ends that
   clip moves inside the video, and a video shorter than one clip gets plain classify's padded clip.
@@ -28,7 +28,7 @@ from .sampling import SamplingSpec, window_indices
 
 @dataclass(frozen=True)
 class Timeline:
-    """What `--timeline` asks for (None: the default)."""
+    """What a timeline asks for (None: the default)."""
 
     window: float | None = None  # seconds; default: one clip (frames x stride / fps)
     hop: float | None = None  # seconds between window starts; default: the window
