@@ -35,7 +35,7 @@ from bench_video import cpu_name  # noqa: E402
 from vmae_cli.models.config import VideoMAEConfig  # noqa: E402
 from vmae_cli.models.masking import decoder_mask, tube_mask  # noqa: E402
 from vmae_cli.models.modeling import VideoMAEForPreTraining  # noqa: E402
-from vmae_cli.training.loop import Precision, make_optimizer, param_groups  # noqa: E402
+from vmae_cli.training.parts import Precision, make_optimizer, param_groups  # noqa: E402
 
 
 def build(side: str, config: VideoMAEConfig, precision: Precision, compile_: bool = False,

@@ -238,7 +238,7 @@ def test_auto_dtype_per_command(cpu_bf16):
     import torch
 
     from vmae_cli.runtime import resolve_dtype
-    from vmae_cli.training.loop import Precision
+    from vmae_cli.training.parts import Precision
 
     cpu, native = torch.device("cpu"), torch.bfloat16 if cpu_bf16 else torch.float32
     assert resolve_dtype("auto", cpu, cpu_bf16=True) == native  # classify, evaluate

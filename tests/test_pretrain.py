@@ -19,7 +19,7 @@ from vmae_cli.models.config import VideoMAEConfig
 from vmae_cli.models.masking import decoder_mask, tube_mask
 from vmae_cli.models.modeling import ShapeError, VideoMAEForPreTraining, pretraining_targets
 from vmae_cli.training.data import EpochSampler, multi_scale_crop_box
-from vmae_cli.training.loop import cosine_lr, no_weight_decay, param_groups
+from vmae_cli.training.parts import cosine_lr, no_weight_decay, param_groups
 from vmae_cli.training.pretrain import resolve_recipe, run_pretraining, write_png
 from vmae_cli.training.recipe import (
     OptimRecipe,
@@ -252,7 +252,7 @@ def test_schedule_warms_up_then_follows_a_cosine():
 
 
 def test_lr_rule_is_linear_from_256_clips_up_and_square_root_below():
-    from vmae_cli.training.loop import scaled_lr
+    from vmae_cli.training.parts import scaled_lr
 
     # the paper's batches keep the paper's lr: ViT-B pre-training 2048 clips, fine-tuning 512
     assert scaled_lr(1.5e-4, 2048) == pytest.approx(1.2e-3) and scaled_lr(5e-4, 512) == pytest.approx(1e-3)

@@ -1,4 +1,4 @@
-"""Atomic file writes (a file that a run writes appears whole or not at all) and one run per output (locks)."""
+"""Atomic writes (a file or folder that a run writes appears whole or not at all) and one run per output (locks)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,47 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` to fill; on success its files are synced to disk and it is renamed
+    to `path` (replacing a folder there), on error removed. A reader sees the old folder or the new one, whole.
+
+    The temporary name is `.NAME.XXXX.tmp`, so a killed writer's leftovers are easy to find and remove."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+        yield tmp
+        for f in tmp.iterdir():  # on disk before the rename makes the folder visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # first: the room it took is free again
+        raise
+    old = None
+    if path.is_dir():
+        if any(path.iterdir()):
+            old = tmp.with_name(f"{tmp.name[:-4]}.old.tmp")
+            os.replace(path, old)
+        else:
+            path.rmdir()
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -121,7 +121,7 @@ def finetune(
     and `vmae evaluate`. Under `torchrun --nproc_per_node N` the same command trains with DDP.
     """
     from ..training.finetune import resolve_recipe, run_finetuning
-    from ..training.loop import run_lock
+    from ..training.run_folder import run_lock
 
     flags = {
         "model": model, "optim.batch_size": batch_size, "optim.epochs": epochs, "optim.max_steps": max_steps,

@@ -140,8 +140,8 @@ def pretrain(
 
     Under `torchrun --nproc_per_node N` the same command trains with DDP; the lr follows the global batch.
     """
-    from ..training.loop import run_lock
     from ..training.pretrain import resolve_recipe, run_pretraining
+    from ..training.run_folder import run_lock
 
     flags = {
         "model": model_config, "init": init, "optim.batch_size": batch_size, "optim.epochs": epochs,

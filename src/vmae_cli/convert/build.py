@@ -19,8 +19,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, UsageError, VmaeError
+from ..files import atomic_folder
 from ..models.config import CONFIG_NAME, VideoMAEConfig
 from ..models.labelsets import LABEL_SETS, LABELS_DIR
 from ..models.loading import PREPROCESSOR_NAME, _short, normalize_keys
@@ -618,28 +617,10 @@ def preprocessor_config(config: VideoMAEConfig) -> dict[str, Any]:
 def write_model_folder(model, dst: Path, preprocessor: dict, force: bool, check=None) -> None:
     """Save into a temporary sibling folder, run `check` on it, then rename it to `dst` (replacing it if forced)."""
     _check_destination(dst, force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    old = None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+    with atomic_folder(dst) as tmp:
         model.save_pretrained(tmp, preprocessor=preprocessor)
         if check is not None:
             check(tmp)
-        if dst.is_dir():
-            if any(dst.iterdir()):
-                old = dst.parent / f"{tmp.name}.old"
-                os.replace(dst, old)
-            else:
-                dst.rmdir()
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _config_summary(config: VideoMAEConfig, layout: str) -> dict[str, Any]:

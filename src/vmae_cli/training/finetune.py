@@ -285,20 +285,12 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
     from ..video.labelled import finetune_splits
     from ..video.sampling import SamplingSpec
     from .data import ClipSpec, EpochSampler, make_loader
-    from .loop import (
-        LoopSettings,
-        Precision,
-        RunFolder,
-        Trainer,
-        fit_run,
-        make_optimizer,
-        param_groups,
-        plan_steps,
-        setup_distributed,
-        teardown_distributed,
-    )  # fmt: skip
+    from .distributed import setup_distributed, teardown_distributed
+    from .loop import LoopSettings, Trainer, fit_run, plan_steps
+    from .parts import Precision, make_optimizer, param_groups
     from .pretrain import run_preprocessor_config
     from .recipe import to_toml
+    from .run_folder import RunFolder
 
     r, o = recipe, recipe.optim
     train_set, val_set = finetune_splits(data, val, label_map)

@@ -1,8 +1,8 @@
 """The training loop shared by `vmae pretrain` and `vmae finetune`.
 
 What a command supplies: a model, a `loss_fn(model, batch) -> (loss, n)` (n = samples in the batch), an
-optimizer (see `param_groups`, `make_optimizer`), a `Schedule`, an `EpochSampler` + DataLoader, a `RunFolder`
-and `LoopSettings`. The loop does the rest: lr per step, bf16/fp16 autocast, gradient accumulation, clipping,
+optimizer (parts.py: `param_groups`, `make_optimizer`), a `Schedule`, an `EpochSampler` + DataLoader, a `RunFolder`
+(run_folder.py) and `LoopSettings`. The loop does the rest: lr per step, bf16/fp16 autocast, gradient accumulation, clipping,
 DDP gradient sync, a non-finite loss check, metrics.jsonl, rolling checkpoints, Ctrl-C, progress, and exact
 resume: everything random is a pure function of (seed, step, rank) or of (seed, epoch, position) in the
 data, so restoring the model, the optimizer and the step restores the whole run.
@@ -15,8 +15,6 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import signal
 import sys
 import time
@@ -29,286 +27,16 @@ import torch
 from torch import nn
 
 from ..errors import Interrupted, VmaeError
-from ..files import atomic_write_text
 from ..jsonfile import dumps
+from .distributed import Dist
+from .parts import Precision, Schedule, scaled_lr, step_seed, to_device
+from .run_folder import TRAINER_STATE, RunFolder, checkpoint_bytes
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
-TRAINER_STATE = "trainer_state.pt"
 
 
 class TrainingError(VmaeError):
     """The run cannot go on (non-finite loss, nothing readable to train on, an unusable run folder)."""
-
-
-# ---- schedule ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Schedule:
-    """Linear warmup from `warmup_lr` to `peak_lr`, then a per-step cosine down to `min_lr` at `total_steps`."""
-
-    peak_lr: float
-    total_steps: int
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    warmup_lr: float = 0.0
-
-    def __call__(self, step: int) -> float:
-        return cosine_lr(step, self.peak_lr, self.total_steps, self.warmup_steps, self.min_lr, self.warmup_lr)
-
-
-def cosine_lr(step: int, peak_lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0,
-              warmup_lr: float = 0.0) -> float:  # fmt: skip
-    """The lr of optimizer step `step` (0-based): a pure function, so a resumed run needs only the step."""
-    if step < warmup_steps:
-        return warmup_lr + (peak_lr - warmup_lr) * step / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min((step - warmup_steps) / decay_steps, 1.0)
-    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def scaled_lr(base_per_256: float, global_batch: int) -> float:
-    """The lr of a global batch from its value per 256 clips: linear from 256 clips up (the rule of VideoMAE/MAE,
-    so the paper's batches of 512-2048 get the paper's lr), square root below (AdamW's scaling rule, Malladi et
-    al. 2022), so that the small batches of one CPU or GPU keep a workable lr: at 16 clips, base / 4 where the
-    linear rule gives base / 16. The two meet at 256 clips."""
-    ratio = global_batch / 256
-    return base_per_256 * (ratio if ratio >= 1 else math.sqrt(ratio))
-
-
-# ---- optimizer ---------------------------------------------------------------------------------------------
-NO_DECAY_NAMES = ("mask_token", "position_embeddings", "cls_token", "q_bias", "v_bias")
-
-
-def no_weight_decay(name: str, param: nn.Parameter) -> bool:
-    """Biases, norms (1-D parameters) and the mask token are not decayed, as in the original code."""
-    return param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES
-
-
-def param_groups(model: nn.Module, weight_decay: float, lr_scale: Callable[[str], float] | None = None,
-                 skip_decay: Callable[[str, nn.Parameter], bool] = no_weight_decay) -> list[dict]:  # fmt: skip
-    """AdamW groups: decay / no decay, times one `lr_scale(name)` group per distinct scale (layer-wise decay).
-
-    Each group carries "lr_scale"; the loop sets group lr = schedule(step) x lr_scale.
-    """
-    groups: dict[tuple[bool, float], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        decay = not skip_decay(name, p)
-        scale = lr_scale(name) if lr_scale is not None else 1.0
-        group = groups.setdefault((decay, scale), {"params": [], "names": [], "lr_scale": scale,
-                                                    "weight_decay": weight_decay if decay else 0.0})  # fmt: skip
-        group["params"].append(p)
-        group["names"].append(name)
-    return list(groups.values())
-
-
-def make_optimizer(groups: list[dict], lr: float, betas=(0.9, 0.95), device: torch.device | None = None):
-    """AdamW, fused into one kernel per step where torch has it (CUDA, and CPU since torch 2.4)."""
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
-    try:
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
-    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the fused kernel
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), foreach=True)
-
-
-# ---- devices, precision, processes ------------------------------------------------------------------------
-@dataclass
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def setup_distributed(device_name: str = "auto") -> Dist:
-    """Join the torchrun job (NCCL on CUDA, gloo otherwise) and pick this rank's device."""
-    from ..runtime import resolve_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        torch.distributed.init_process_group(backend=backend, **kwargs)
-    return Dist(rank, world, local_rank, device)
-
-
-def teardown_distributed() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-@dataclass
-class Precision:
-    """Autocast dtype (None = fp32) and, for fp16 only, a gradient scaler."""
-
-    dtype: torch.dtype | None
-    device_type: str
-    scaler: Any = None
-
-    @classmethod
-    def create(cls, name: str, device: torch.device) -> Precision:
-        from ..runtime import resolve_dtype
-
-        dtype = resolve_dtype(name, device, cpu_bf16=True)  # bf16 autocast where native, as on CUDA
-        if dtype == torch.float32:
-            return cls(None, device.type)
-        if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise VmaeError("--dtype bf16: this GPU has no bf16; use --dtype fp16 or fp32")
-        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-        return cls(dtype, device.type, scaler)
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move the tensors of a (nested) batch; non_blocking pairs with pinned memory on CUDA."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=device.type == "cuda")
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """Seed of the model-side randomness (dropout, drop path, mixup) of one optimizer step on one rank."""
-    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63)
-
-
-# ---- the run folder ------------------------------------------------------------------------------------------
-class RunFolder:
-    """RUN/: config.toml, metrics.jsonl, checkpoints/step-N/ (rolling, atomic), previews/, model/."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.config = self.root / "config.toml"
-        self.metrics = self.root / "metrics.jsonl"
-        self.checkpoints = self.root / "checkpoints"
-        self.previews = self.root / "previews"
-        self.model = self.root / "model"
-
-    def has_run(self) -> bool:
-        return self.metrics.exists() or bool(self.list_checkpoints())
-
-    def list_checkpoints(self) -> list[tuple[int, Path]]:
-        """Complete checkpoints, oldest first (a half-written one has a temporary name and is ignored)."""
-        if not self.checkpoints.is_dir():
-            return []
-        found = []
-        for p in self.checkpoints.iterdir():
-            m = CHECKPOINT_RE.match(p.name)
-            if m and (p / TRAINER_STATE).is_file():
-                found.append((int(m.group(1)), p))
-        return sorted(found)
-
-    def latest_checkpoint(self) -> Path | None:
-        found = self.list_checkpoints()
-        return found[-1][1] if found else None
-
-    def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int, size: int = 0) -> Path:
-        """`write(folder)` fills a temporary folder, which is then renamed to step-N; older ones beyond `keep` go.
-
-        `size`: about how many bytes a checkpoint takes. A write that fails for lack of room leaves nothing
-        behind and says how much room the checkpoint needs (`no_space_error`)."""
-        from ..files import no_space_reported
-
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        final = self.checkpoints / f"step-{step}"
-        tmp = self.checkpoints / f".step-{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        good = self.latest_checkpoint()
-        advice = "continue with the same command and --resume" + (f" (from {good.name})" if good else "")
-        with no_space_reported(final, size, advice):
-            tmp.mkdir()
-            try:
-                write(tmp)
-                for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)  # first: the room it took is free again
-                raise
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(self.checkpoints)
-        for _, old in self.list_checkpoints()[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    def clean_partial(self) -> None:
-        """Remove what a killed run left half-written."""
-        if self.checkpoints.is_dir():
-            for p in self.checkpoints.glob(".step-*.tmp"):
-                shutil.rmtree(p, ignore_errors=True)
-
-    def append_metrics(self, record: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics, "a") as f:
-            f.write(dumps(record) + "\n")
-
-    def truncate_metrics(self, last_step: int) -> None:
-        """Keep the lines up to `last_step` (a resumed run re-logs what came after its checkpoint)."""
-        if not self.metrics.exists():
-            return
-        keep = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= last_step:
-                    keep.append(line)
-            except ValueError:  # a line cut short by a kill
-                continue
-        atomic_write_text(self.metrics, "".join(line + "\n" for line in keep))
-
-
-def _checkpoint_bytes(state: Any, model: nn.Module) -> int:
-    """About the size of a checkpoint: the model's tensors and those of the trainer state (the optimizer's)."""
-
-    def tensor_bytes(value: Any) -> int:
-        if isinstance(value, torch.Tensor):
-            return value.numel() * value.element_size()
-        if isinstance(value, dict):
-            return sum(tensor_bytes(v) for v in value.values())
-        if isinstance(value, (list, tuple)):
-            return sum(tensor_bytes(v) for v in value)
-        return 0
-
-    return tensor_bytes(model.state_dict()) + tensor_bytes(state)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------
@@ -413,7 +141,7 @@ class Trainer:
             torch.save(state, folder / TRAINER_STATE)
 
         return self.run.save_checkpoint(
-            self.state.step, write, self.settings.keep, _checkpoint_bytes(state, self.model)
+            self.state.step, write, self.settings.keep, checkpoint_bytes(state, self.model)
         )
 
     def _save_model(self) -> None:
@@ -422,7 +150,7 @@ class Trainer:
 
         good = self.run.latest_checkpoint()
         advice = f"use {good}: the last checkpoint holds these weights, as a model folder"
-        with no_space_reported(self.run.model, _checkpoint_bytes({}, self.model), advice):
+        with no_space_reported(self.run.model, checkpoint_bytes({}, self.model), advice):
             self.hooks.save_model(self.model, self.run.model)
 
     def _gather_skipped(self) -> None:
@@ -664,33 +392,21 @@ def _progress(s: LoopSettings, start: int, is_main: bool):
         yield update
 
 
-def run_lock(root: Path, main: bool | None = None) -> contextlib.AbstractContextManager:
-    """The lock of a run folder (`exclusive_lock`), taken by the process that writes it: rank 0 (by default
-    from torchrun's RANK); the other ranks take none."""
-    from ..files import exclusive_lock
-
-    main = int(os.environ.get("RANK", "0")) == 0 if main is None else main
-    return exclusive_lock(root) if main else contextlib.nullcontext()
-
-
 def fit_run(trainer: Trainer, run: RunFolder, dist: Dist, recipe_toml: str, resume: bool) -> TrainState:
     """Start or continue a run: write RUN/config.toml, resume from the latest checkpoint when asked, train,
     and list the unreadable inputs in RUN/skipped.txt. Shared by pre-training and fine-tuning."""
-    from ..files import atomic_write_text
+    from .run_folder import run_lock
 
     with run_lock(run.root, dist.is_main):
         latest = run.latest_checkpoint() if resume else None
         if dist.is_main:
-            run.root.mkdir(parents=True, exist_ok=True)
-            run.clean_partial()
-            atomic_write_text(run.config, recipe_toml)
+            run.start(recipe_toml)
         if latest is not None:
             trainer.resume(latest)
             log.info("resumed from %s", latest)
         state = trainer.fit()
-    if dist.is_main and state.skipped:
-        lines = "".join(f"{p}\t{reason}\n" for p, reason in sorted(state.skipped.items()))
-        atomic_write_text(run.root / "skipped.txt", lines)
+    if dist.is_main:
+        run.write_skipped(state.skipped)
     # the other ranks wait for rank 0's last writes (the final model): a process group torn down under it can
     # abort gloo ("terminate called without an active exception")
     if dist.enabled:

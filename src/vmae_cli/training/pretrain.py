@@ -44,20 +44,11 @@ def run_pretraining(
     from ..models.modeling import VideoMAEForPreTraining
     from ..video.discover import list_videos
     from .data import ClipSpec, EpochSampler, PretrainDataset, make_loader
-    from .loop import (
-        Hooks,
-        LoopSettings,
-        Precision,
-        RunFolder,
-        Trainer,
-        fit_run,
-        make_optimizer,
-        param_groups,
-        plan_steps,
-        setup_distributed,
-        teardown_distributed,
-    )  # fmt: skip
+    from .distributed import setup_distributed, teardown_distributed
+    from .loop import Hooks, LoopSettings, Trainer, fit_run, plan_steps
+    from .parts import Precision, make_optimizer, param_groups
     from .recipe import to_toml
+    from .run_folder import RunFolder
 
     r, o = recipe, recipe.optim
     dist = setup_distributed(r.run.device)

@@ -36,7 +36,7 @@ class RecipeError(UsageError):
 @dataclass
 class OptimRecipe:
     """Optimizer and schedule. Learning rates are per 256 clips: the global batch's lr is blr x batch / 256 from
-    256 clips up, blr x sqrt(batch / 256) below (training.scaled_lr)."""
+    256 clips up, blr x sqrt(batch / 256) below (training.parts.scaled_lr)."""
 
     batch_size: int = 32  # videos per device per micro-step (each gives data.num_sample clips)
     accum: int = 1  # micro-steps per optimizer step
@@ -316,7 +316,7 @@ def resolve_run_recipe(
     difference, so that a resumed run never learns differently from the run it continues.
     """
     from ..errors import UsageError
-    from .loop import RunFolder
+    from .run_folder import RunFolder
 
     run = RunFolder(out)
     if not resume and run.has_run():

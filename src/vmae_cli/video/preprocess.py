@@ -160,16 +160,15 @@ class Preprocessor:
         return {**d, **self.extra}
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write folder/preprocessor_config.json whole (temporary name, then rename)."""
+        """Write folder/preprocessor_config.json whole (`atomic_write_text`)."""
+        from ..files import atomic_write_text
+        from ..jsonfile import dumps  # strict JSON: a NaN or infinity is refused, naming the field
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / CONFIG_NAME
-        tmp = target.with_name(target.name + ".tmp")
-        from ..jsonfile import dumps  # strict JSON: a NaN or infinity is refused, naming the field
-
         text = dumps(self.to_dict(), name=CONFIG_NAME, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
-        tmp.write_text(text)
-        os.replace(tmp, target)
+        atomic_write_text(target, text)
         return target
 
     # -- steps -----------------------------------------------------------------------------------
