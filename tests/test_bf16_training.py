@@ -15,7 +15,7 @@ from .videos import write_video
 def _losses(videos: Path, run: Path, dtype: str) -> np.ndarray:
     recipe = resolve_recipe(run, "tiny", ["run.preview_every=0", "data.num_sample=2", f"run.dtype={dtype}"],
                             {"optim.max_steps": 30, "run.workers": 0, "run.device": "cpu", "optim.lr": 3e-3}, False)  # fmt: skip
-    run_pretraining(recipe, str(videos), run, progress=False)
+    run_pretraining(recipe, str(videos), run)
     return np.array([m["loss"] for m in read_metrics(run)])
 
 

@@ -74,7 +74,7 @@ def data(tmp_path_factory) -> Path:
 def trained(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ft") / "run"
     recipe = resolve_recipe(run, "tiny", SETS, {**FAST, "optim.max_steps": 60}, False)
-    state = run_finetuning(recipe, str(data), run, progress=False)
+    state = run_finetuning(recipe, str(data), run)
     assert state.step == 60
     return run
 
@@ -201,7 +201,7 @@ def test_resume_continues_exactly(data, tmp_path):
         resolve_recipe(whole, "tiny", SETS, flags, False), str(data / "train"), whole, progress=False
     )
     cut = tmp_path / "cut"
-    run_finetuning(resolve_recipe(cut, "tiny", SETS, flags, False), str(data / "train"), cut, progress=False)
+    run_finetuning(resolve_recipe(cut, "tiny", SETS, flags, False), str(data / "train"), cut)
     import shutil
 
     shutil.rmtree(cut / "checkpoints" / "step-6")  # as if killed after the checkpoint at step 3

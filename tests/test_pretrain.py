@@ -61,7 +61,7 @@ def test_loss_goes_down_and_run_folder_is_complete(videos, tmp_path):
     run = tmp_path / "run"
     recipe = resolve_recipe(run, "tiny", ["run.preview_every=25", "data.num_sample=2"],
                             {"optim.max_steps": 50, "run.workers": 0, "run.device": "cpu", "optim.lr": 3e-3}, False)  # fmt: skip
-    state = run_pretraining(recipe, str(videos), run, progress=False)
+    state = run_pretraining(recipe, str(videos), run)
     losses = [m["loss"] for m in _metrics(run)]
     assert len(losses) == 50 and state.step == 50
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05, losses
@@ -81,7 +81,7 @@ def test_dual_masking_trains_and_decodes_only_the_chosen_tokens(videos, tmp_path
     run = tmp_path / "run"
     recipe = resolve_recipe(run, "tiny", ["mask.decoder_ratio=0.5", "run.preview_every=0"],
                             {"optim.max_steps": 40, "run.workers": 0, "run.device": "cpu", "optim.lr": 3e-3}, False)  # fmt: skip
-    run_pretraining(recipe, str(videos), run, progress=False)
+    run_pretraining(recipe, str(videos), run)
     losses = [m["loss"] for m in _metrics(run)]
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05, losses
     assert "decoder_ratio = 0.5" in (run / "config.toml").read_text()
@@ -120,7 +120,7 @@ def test_output_loads_in_transformers_with_the_same_loss(videos, tmp_path):
     recipe = resolve_recipe(
         run, "tiny", [], {"optim.max_steps": 3, "run.workers": 0, "run.device": "cpu"}, False
     )
-    run_pretraining(recipe, str(videos), run, progress=False)
+    run_pretraining(recipe, str(videos), run)
     ours = VideoMAEForPreTraining.from_pretrained(run / "model")
     theirs = transformers.VideoMAEForPreTraining.from_pretrained(run / "model").eval()
     g = torch.Generator().manual_seed(0)
@@ -377,7 +377,7 @@ def test_checkpoints_sample_as_the_model_does(videos, tmp_path, init):
         flags["init"] = str(
             tiny_pretraining(tmp_path / "init")
         )  # its preprocessor_config has no frame_sampling
-    run_pretraining(resolve_recipe(run, "tiny", [], flags, False), str(videos), run, progress=False)
+    run_pretraining(resolve_recipe(run, "tiny", [], flags, False), str(videos), run)
     expected = (run / "model" / "preprocessor_config.json").read_text()
     assert json.loads(expected)["frame_sampling"]["stride"] == 2
     checkpoints = sorted((run / "checkpoints").iterdir())

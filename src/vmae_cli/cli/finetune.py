@@ -122,6 +122,7 @@ def finetune(
     """
     from ..training.finetune import resolve_recipe, run_finetuning
     from ..training.run_folder import run_lock
+    from .ui import training_progress
 
     flags = {
         "model": model, "optim.batch_size": batch_size, "optim.epochs": epochs, "optim.max_steps": max_steps,
@@ -134,7 +135,7 @@ def finetune(
             out, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None}, resume
         )
         state = run_finetuning(
-            recipe, data, out, val=val, label_map=labels, resume=resume, progress=not quiet
+            recipe, data, out, val=val, label_map=labels, resume=resume, progress=training_progress(quiet)
         )
     if state.skipped:
         print(

@@ -142,6 +142,7 @@ def pretrain(
     """
     from ..training.pretrain import resolve_recipe, run_pretraining
     from ..training.run_folder import run_lock
+    from .ui import training_progress
 
     flags = {
         "model": model_config, "init": init, "optim.batch_size": batch_size, "optim.epochs": epochs,
@@ -153,7 +154,7 @@ def pretrain(
         recipe = resolve_recipe(
             out, config, list(set_ or []), {k: v for k, v in flags.items() if v is not None}, resume
         )
-        state = run_pretraining(recipe, data, out, resume=resume, progress=not quiet)
+        state = run_pretraining(recipe, data, out, resume=resume, progress=training_progress(quiet))
     skipped = state.skipped
     if skipped:
         print(

@@ -6,6 +6,7 @@ The one module of vmae, with render.py and live.py beside it, that draws with ri
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -73,3 +74,8 @@ def progress(
             bar.update(task, info=info)
 
         yield advance
+
+
+def training_progress(quiet: bool) -> Callable[..., contextlib.AbstractContextManager] | None:
+    """The bar of a training run (rank 0): steps, with loss, lr and clips/s beside it; kept when the run ends."""
+    return None if quiet else functools.partial(progress, quiet=False, transient=False)

@@ -278,8 +278,10 @@ def validate(model, data: LabelledSet, preprocessor, sampling, device, workers: 
 
 # ---- the run ----------------------------------------------------------------------------------------------
 def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None = None,
-                   label_map: str | None = None, resume: bool = False, progress: bool = True):  # fmt: skip
-    """Build model, data and loop from `recipe`, train into the run folder `out`, return the TrainState."""
+                   label_map: str | None = None, resume: bool = False, progress=None):  # fmt: skip
+    """Build model, data and loop from `recipe`, train into the run folder `out`, return the TrainState.
+
+    `progress`: a progress display for rank 0 (LoopSettings.progress); None, none."""
     import torch
 
     from ..video.labelled import finetune_splits

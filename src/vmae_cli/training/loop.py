@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +50,9 @@ class LoopSettings:
     save_every: int = 1000
     keep: int = 3
     preview_every: int = 0
-    progress: bool = True  # a rich progress bar when stderr is a terminal (rank 0)
+    # rank 0's progress display: progress(total=, label=, completed=) -> a context manager that yields
+    # advance(done, info); the command line passes its bar (cli/ui.py). None: none
+    progress: Callable[..., contextlib.AbstractContextManager] | None = None
     label: str = "train"
 
 
@@ -374,20 +375,14 @@ class _Window:
 
 @contextlib.contextmanager
 def _progress(s: LoopSettings, start: int, is_main: bool):
-    """A rich bar on stderr (step, loss, lr, samples/s, ETA) for rank 0 at a terminal; otherwise nothing."""
-    if not (s.progress and is_main and sys.stderr.isatty()):
+    """Rank 0's progress (step, loss, lr, samples/s) through `s.progress`; otherwise nothing."""
+    if not (s.progress and is_main):
         yield lambda *a: None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = [TextColumn(s.label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn()]  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(s.label, total=s.total_steps, completed=start, info="")
+    with s.progress(total=s.total_steps, label=s.label, completed=start) as advance:
 
         def update(step: int, loss: float, lr: float, rate: float) -> None:
-            bar.update(task, completed=step, info=f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} clips/s")
+            advance(step, f"loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} clips/s")
 
         yield update
 

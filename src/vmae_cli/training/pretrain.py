@@ -34,10 +34,10 @@ def resolve_recipe(
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
-def run_pretraining(
-    recipe: PretrainRecipe, data: str, out: Path, resume: bool = False, progress: bool = True
-):
-    """Build model, data and loop from `recipe`, train into the run folder `out`, return the TrainState."""
+def run_pretraining(recipe: PretrainRecipe, data: str, out: Path, resume: bool = False, progress=None):
+    """Build model, data and loop from `recipe`, train into the run folder `out`, return the TrainState.
+
+    `progress`: a progress display for rank 0 (LoopSettings.progress); None, none."""
     import torch
 
     from ..models.config import VideoMAEConfig
