@@ -16,12 +16,12 @@ import torch
 from vmae_cli.inference.evaluate import Accuracy
 from vmae_cli.training.finetune import (
     ClassificationLoss,
-    FinetuneAugment,
     build_classifier,
     layer_decay_scale,
     resolve_recipe,
     run_finetuning,
 )  # fmt: skip
+from vmae_cli.training.recipe import FinetuneAugment
 from vmae_cli.video.labelled import finetune_splits, load_labelled
 
 from .conftest import load_script, read_metrics, vmae_in_process

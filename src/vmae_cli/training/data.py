@@ -1,4 +1,5 @@
-"""Training data: a deterministic epoch sampler, augmented pre-training clips, loader workers.
+"""Training data: a deterministic epoch sampler, the pre-training and fine-tuning datasets (augmented clips),
+the preprocessor config of a run's models, loader workers.
 (Which videos a run reads: video/discover.py `list_videos`.)
 
 Every random choice a sample needs (window start, crop, flip, mask) comes from a generator seeded by
@@ -202,6 +203,47 @@ class PretrainDataset(torch.utils.data.Dataset):
         if spec.decoder_ratio > 0:
             item["decoder_mask"] = decoder_mask(masks, spec.decoder_ratio, generator=g)
         return item
+
+
+# ---- the fine-tuning dataset ----------------------------------------------------------------------------
+class FinetuneDataset:
+    """Indexed by (video index, epoch, position) from EpochSampler; returns `num_sample` augmented clips."""
+
+    def __init__(self, data, spec: ClipSpec, seed: int = 0):
+        self.data, self.spec, self.seed = data, spec, seed
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        index, epoch, position = key
+        path, spec = self.data.paths[index], self.spec
+        clips = augmented_clips(path, spec, item_rng(self.seed, epoch, position))
+        if isinstance(clips, dict):
+            return clips
+        labels = torch.full((spec.num_sample,), self.data.labels[index], dtype=torch.long)
+        return {"pixel_values": clips, "labels": labels}  # uint8 (S, T, 3, size, size), int64 (S,)
+
+
+def collate_labelled(items: list[dict]) -> dict:
+    """Concatenate the clips and labels of the readable videos; list the unreadable ones under "failed"."""
+    good = [it for it in items if "failed" not in it]
+    failed = [it["failed"] for it in items if "failed" in it]
+    if not good:
+        return {"pixel_values": None, "labels": None, "failed": failed}
+    return {"pixel_values": torch.cat([it["pixel_values"] for it in good]),  # uint8 (B*S, T, 3, H, W)
+            "labels": torch.cat([it["labels"] for it in good]), "failed": failed}  # fmt: skip
+
+
+def run_preprocessor_config(spec) -> dict:
+    """preprocessor_config.json for RUN/model: the pre-training input, and its frame sampling for finetune."""
+    from ..video.preprocess import Preprocessor
+    from ..video.sampling import SamplingSpec
+
+    sampling = SamplingSpec(mode="window", frames=spec.frames, stride=spec.stride)
+    return Preprocessor(size={"shortest_edge": spec.size}, crop_size={"height": spec.size, "width": spec.size},
+                        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+                        extra={"frame_sampling": sampling.to_dict()}).to_dict()  # fmt: skip
 
 
 def augmented_clips(path: str, spec, rng: np.random.Generator) -> torch.Tensor | dict:

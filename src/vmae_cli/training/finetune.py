@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .recipe import OptimRecipe, RunRecipe
+from .recipe import FinetuneAugment, FinetuneRecipe
 
 if TYPE_CHECKING:
     import torch
@@ -26,43 +25,6 @@ log = logging.getLogger(__name__)
 
 
 # ---- the recipe -----------------------------------------------------------------------------------------------
-@dataclass
-class FinetuneData:
-    frames: int = 0  # 0 = the model's num_frames
-    stride: int = 4  # K400 4, SSv2 2
-    input_size: int = 0  # 0 = the model's image_size
-    short_side: int = 0  # decode at this shortest edge before the multi-scale crop; 0 = input_size x 320/224
-    scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
-    flip: bool = True  # off for left/right-sensitive labels (SSv2)
-    num_sample: int = 1  # repeated augmentation: clips per decoded video (the paper uses 2)
-    decode_threads: int = 1
-
-
-@dataclass
-class FinetuneAugment:
-    label_smoothing: float = 0.1
-    mixup: float = 0.0  # Beta(alpha, alpha) mixing of whole clips; 0 = off (the paper: 0.8)
-    cutmix: float = 0.0  # Beta(alpha, alpha) box pasted across all frames; 0 = off (the paper: 1.0)
-    mix_prob: float = 1.0  # share of batches mixed
-    switch_prob: float = 0.5  # with both on: chance of cutmix instead of mixup
-
-
-@dataclass
-class FinetuneRecipe:
-    """Everything `vmae finetune` needs besides DATA and the run folder."""
-
-    model: str = "base"  # INIT: pre-training checkpoint, classifier, or preset name (from scratch); --model
-    drop_path: float = 0.1
-    head_dropout: float = 0.0
-    val_every: int = 1  # epochs between validations; the last epoch is always validated
-    data: FinetuneData = field(default_factory=FinetuneData)
-    augment: FinetuneAugment = field(default_factory=FinetuneAugment)
-    optim: OptimRecipe = field(default_factory=lambda: OptimRecipe(
-        epochs=75, warmup_epochs=5.0, blr=5e-4, min_lr=1e-6, warmup_lr=1e-6, betas=[0.9, 0.999],
-        layer_decay=0.75))  # fmt: skip
-    run: RunRecipe = field(default_factory=lambda: RunRecipe(preview_every=0))
-
-
 def resolve_recipe(
     out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
 ) -> FinetuneRecipe:
@@ -148,42 +110,6 @@ def layer_id(name: str, num_layers: int) -> int:
 def layer_decay_scale(num_layers: int, decay: float):
     """lr_scale(name) = decay ** (L + 1 - layer_id): the head learns at the full rate, the patch embedding least."""
     return lambda name: decay ** (num_layers + 1 - layer_id(name, num_layers))
-
-
-# ---- data -------------------------------------------------------------------------------------------------
-class FinetuneDataset:
-    """Indexed by (video index, epoch, position) from EpochSampler; returns `num_sample` augmented clips."""
-
-    def __init__(self, data: LabelledSet, spec, seed: int = 0):
-        self.data, self.spec, self.seed = data, spec, seed
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, key: tuple[int, int, int]) -> dict:
-        import torch
-
-        from .data import augmented_clips, item_rng
-
-        index, epoch, position = key
-        path, spec = self.data.paths[index], self.spec
-        clips = augmented_clips(path, spec, item_rng(self.seed, epoch, position))
-        if isinstance(clips, dict):
-            return clips
-        labels = torch.full((spec.num_sample,), self.data.labels[index], dtype=torch.long)
-        return {"pixel_values": clips, "labels": labels}  # uint8 (S, T, 3, size, size), int64 (S,)
-
-
-def collate_labelled(items: list[dict]) -> dict:
-    """Concatenate the clips and labels of the readable videos; list the unreadable ones under "failed"."""
-    import torch
-
-    good = [it for it in items if "failed" not in it]
-    failed = [it["failed"] for it in items if "failed" in it]
-    if not good:
-        return {"pixel_values": None, "labels": None, "failed": failed}
-    return {"pixel_values": torch.cat([it["pixel_values"] for it in good]),  # uint8 (B*S, T, 3, H, W)
-            "labels": torch.cat([it["labels"] for it in good]), "failed": failed}  # fmt: skip
 
 
 # ---- the objective ----------------------------------------------------------------------------------------
@@ -286,11 +212,17 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
 
     from ..video.labelled import finetune_splits
     from ..video.sampling import SamplingSpec
-    from .data import ClipSpec, EpochSampler, make_loader
+    from .data import (
+        ClipSpec,
+        EpochSampler,
+        FinetuneDataset,
+        collate_labelled,
+        make_loader,
+        run_preprocessor_config,
+    )
     from .distributed import setup_distributed, teardown_distributed
     from .loop import LoopSettings, Trainer, fit_run, plan_steps
     from .parts import Precision, make_optimizer, param_groups
-    from .pretrain import run_preprocessor_config
     from .recipe import to_toml
     from .run_folder import RunFolder
 

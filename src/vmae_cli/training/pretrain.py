@@ -43,7 +43,7 @@ def run_pretraining(recipe: PretrainRecipe, data: str, out: Path, resume: bool =
     from ..models.config import VideoMAEConfig
     from ..models.modeling import VideoMAEForPreTraining
     from ..video.discover import list_videos
-    from .data import ClipSpec, EpochSampler, PretrainDataset, make_loader
+    from .data import ClipSpec, EpochSampler, PretrainDataset, make_loader, run_preprocessor_config
     from .distributed import setup_distributed, teardown_distributed
     from .loop import Hooks, LoopSettings, Trainer, fit_run, plan_steps
     from .parts import Precision, make_optimizer, param_groups
@@ -89,18 +89,6 @@ def run_pretraining(recipe: PretrainRecipe, data: str, out: Path, resume: bool =
         return fit_run(trainer, run, dist, to_toml(r, header), resume)
     finally:
         teardown_distributed()
-
-
-def run_preprocessor_config(spec) -> dict:
-    """preprocessor_config.json for RUN/model: the pre-training input, and its frame sampling for finetune."""
-    from ..video.preprocess import Preprocessor
-    from ..video.sampling import SamplingSpec
-    from .data import IMAGENET_MEAN, IMAGENET_STD
-
-    sampling = SamplingSpec(mode="window", frames=spec.frames, stride=spec.stride)
-    return Preprocessor(size={"shortest_edge": spec.size}, crop_size={"height": spec.size, "width": spec.size},
-                        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-                        extra={"frame_sampling": sampling.to_dict()}).to_dict()  # fmt: skip
 
 
 def mae_loss(net, batch: dict) -> tuple[torch.Tensor, int]:

@@ -70,19 +70,22 @@ class RunRecipe:
     gradient_checkpointing: bool = False  # trade compute for memory
 
 
-# ---- pre-training ----------------------------------------------------------------------------------------
 @dataclass
-class PretrainData:
+class DataRecipe:
+    """How training clips are cut from the videos: the [data] table of both tasks."""
+
     frames: int = 0  # 0 = the model's num_frames (16 for the paper's models)
     stride: int = 4  # K400 4, SSv2 2
     input_size: int = 0  # 0 = the model's image_size (224)
     short_side: int = 0  # decode at this shortest edge before the multi-scale crop; 0 = input_size x 320/224
     scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])  # GroupMultiScaleCrop
     flip: bool = True  # horizontal flip (turn off for left/right-sensitive data such as SSv2)
-    num_sample: int = 1  # VideoMAEv2 repeated sampling: clips (augmentations) per decoded video
+    # clips (augmentations) per decoded video: VideoMAEv2 repeated sampling; fine-tuning's repeated augmentation
+    num_sample: int = 1
     decode_threads: int = 1  # FFmpeg threads per worker
 
 
+# ---- pre-training ----------------------------------------------------------------------------------------
 @dataclass
 class PretrainMask:
     ratio: float = 0.9  # tube masking ratio (0.75 for small data such as UCF101)
@@ -96,10 +99,36 @@ class PretrainRecipe:
     model: str = "base"  # preset name (mini, tiny, small, base, large, huge), model folder, or config.json
     init: str = ""  # start from these weights (folder or Hub id); empty: random init
     drop_path: float = 0.0
-    data: PretrainData = field(default_factory=PretrainData)
+    data: DataRecipe = field(default_factory=DataRecipe)
     mask: PretrainMask = field(default_factory=PretrainMask)
     optim: OptimRecipe = field(default_factory=OptimRecipe)
     run: RunRecipe = field(default_factory=RunRecipe)
+
+
+# ---- fine-tuning ---------------------------------------------------------------------------------------
+@dataclass
+class FinetuneAugment:
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # Beta(alpha, alpha) mixing of whole clips; 0 = off (the paper: 0.8)
+    cutmix: float = 0.0  # Beta(alpha, alpha) box pasted across all frames; 0 = off (the paper: 1.0)
+    mix_prob: float = 1.0  # share of batches mixed
+    switch_prob: float = 0.5  # with both on: chance of cutmix instead of mixup
+
+
+@dataclass
+class FinetuneRecipe:
+    """Everything `vmae finetune` needs besides DATA and the run folder."""
+
+    model: str = "base"  # INIT: pre-training checkpoint, classifier, or preset name (from scratch); --model
+    drop_path: float = 0.1
+    head_dropout: float = 0.0
+    val_every: int = 1  # epochs between validations; the last epoch is always validated
+    data: DataRecipe = field(default_factory=DataRecipe)
+    augment: FinetuneAugment = field(default_factory=FinetuneAugment)
+    optim: OptimRecipe = field(default_factory=lambda: OptimRecipe(
+        epochs=75, warmup_epochs=5.0, blr=5e-4, min_lr=1e-6, warmup_lr=1e-6, betas=[0.9, 0.999],
+        layer_decay=0.75))  # fmt: skip
+    run: RunRecipe = field(default_factory=lambda: RunRecipe(preview_every=0))
 
 
 # ---- reading -----------------------------------------------------------------------------------------------
