@@ -239,7 +239,7 @@ def test_no_flip_turns_flips_off(videos, tmp_path):
 def test_an_existing_run_needs_resume(videos, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.jsonl").write_text("")
-    with pytest.raises(Exception, match="already holds a run; add --resume"):
+    with pytest.raises(Exception, match="already holds a run; add `resume`"):
         resolve_recipe(tmp_path / "r", None, [], {}, resume=False)
 
 

@@ -10,6 +10,8 @@ FLAGS: dict[str, str] = {
     "verify=False": "--no-verify",
     "input_format": "--live-format",
     "label_map": "--labels",
+    "mask.ratio": "--set mask.ratio",  # a recipe key: set with --set KEY=VALUE
+    "optim.clip_grad": "--set optim.clip_grad",
 }
 
 # 2: the run cannot start (a value refused, a model that cannot be loaded or built: a script tells a typo in

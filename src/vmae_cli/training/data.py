@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 from ..models.config import VideoMAEConfig
 from ..models.masking import decoder_mask, tube_mask
 from ..runtime import init_decode_worker
@@ -51,7 +51,9 @@ class EpochSampler(torch.utils.data.Sampler):
         if self.batches_per_epoch == 0:
             raise UsageError(
                 f"{num_items} video(s) are fewer than one batch ({batch_size} per device x {world} device(s)); "
-                "lower --batch-size or add videos"
+                f"lower {option('batch_size')} or add videos",
+                param="batch_size",
+                value=batch_size,
             )
 
     @property
@@ -165,7 +167,8 @@ class ClipSpec:
         if data.num_sample < 1:
             raise UsageError("data.num_sample must be >= 1")
         if not 0.0 <= mask_ratio < 1.0:
-            raise UsageError(f"mask.ratio must be in [0, 1), got {mask_ratio}; e.g. --set mask.ratio=0.9")
+            raise UsageError(f"mask.ratio must be in [0, 1), got {mask_ratio}; e.g. {option('mask.ratio')}=0.9",
+                             param="mask.ratio", value=mask_ratio, allowed="[0, 1)")  # fmt: skip
         if decoder_ratio:
             try:  # the mask sizes depend on the model only: check once here, not in every worker
                 decoder_mask(tube_mask(config, 1, mask_ratio), decoder_ratio)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import Interrupted, VmaeError
+from ..errors import Interrupted, VmaeError, option
 from ..jsonfile import dumps
 from .distributed import Dist
 from .parts import Precision, Schedule, scaled_lr, step_seed, to_device
@@ -284,8 +284,9 @@ class Trainer:
                     good = self.run.latest_checkpoint()
                     raise TrainingError(
                         f"the loss became {loss} at step {step}; stopped without saving. The last good checkpoint "
-                        f"is {good if good else '(none yet)'}: resume from it with a lower --lr, longer warmup, "
-                        "gradient clipping (--set optim.clip_grad=1.0) or --dtype bf16 instead of fp16"
+                        f"is {good if good else '(none yet)'}: resume from it with a lower {option('lr')}, longer "
+                        f"warmup, gradient clipping ({option('optim.clip_grad')}=1.0) or {option('dtype')} bf16 "
+                        "instead of fp16"
                     )
                 grad_norm = self._optimizer_step()
                 self.state.step += 1
@@ -314,7 +315,7 @@ class Trainer:
                     self.save_checkpoint()
                     raise Interrupted(
                         f"interrupted at step {self.state.step}; saved a checkpoint in {self.run.checkpoints}. "
-                        f"Continue with the same command and --resume"
+                        f"Continue with the same command and {option('resume')}"
                     )
                 if self.state.step % s.save_every == 0 and not done:
                     self.save_checkpoint()
@@ -422,12 +423,13 @@ class StepPlan:
 
 def plan_steps(optim, num_videos: int, batches_per_epoch: int, clips_per_video: int, world: int) -> StepPlan:
     """Steps, warmup and the lr scaled by the global batch (optim: a recipe's OptimRecipe)."""
-    from ..errors import UsageError
+    from ..errors import UsageError, option
 
     steps_per_epoch = batches_per_epoch // optim.accum
     if steps_per_epoch == 0:
-        raise UsageError(f"one epoch of {num_videos} video(s) holds fewer than --accum {optim.accum} batches; "
-                         "lower --accum or --batch-size")  # fmt: skip
+        raise UsageError(f"one epoch of {num_videos} video(s) holds fewer than {option('accum')} {optim.accum} "
+                         f"batches; lower {option('accum')} or {option('batch_size')}", param="accum",
+                         value=optim.accum)  # fmt: skip
     total = optim.max_steps or optim.epochs * steps_per_epoch
     if optim.warmup_steps >= 0:
         warmup = optim.warmup_steps

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import VmaeError
+from ..errors import VmaeError, option
 
 
 # ---- schedule ---------------------------------------------------------------------------------------------
@@ -104,7 +104,9 @@ class Precision:
         if dtype == torch.float32:
             return cls(None, device.type)
         if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise VmaeError("--dtype bf16: this GPU has no bf16; use --dtype fp16 or fp32")
+            raise VmaeError(
+                f"{option('dtype')} bf16: this GPU has no bf16; use {option('dtype')} fp16 or fp32"
+            )
         scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         return cls(dtype, device.type, scaler)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import UsageError
+from ..errors import UsageError, option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -137,14 +137,16 @@ def recipe_path(name_or_path: str, kind: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
-            raise RecipeError(f"--config {name_or_path}: no such file")
+            raise RecipeError(
+                f"{option('config')} {name_or_path}: no such file", param="config", value=name_or_path
+            )
         return path
     candidate = RECIPES_DIR / kind / f"{name_or_path}.toml"
     if candidate.is_file():
         return candidate
     names = sorted(p.stem for p in (RECIPES_DIR / kind).glob("*.toml"))
     raise RecipeError(
-        f"--config {name_or_path}: no such file, and not a recipe name"
+        f"{option('config')} {name_or_path}: no such file, and not a recipe name"
         + (f" (choose one of: {', '.join(names)}, or give a .toml path)" if names else " (give a .toml path)")
     )
 
@@ -169,7 +171,8 @@ def load_recipe(cls: type[R], path: str | Path | None = None, overrides: list[st
 def _split_override(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise RecipeError(f"--set {item!r}: expected key=value, e.g. --set optim.epochs=100")
+        raise RecipeError(f"{option('set')} {item!r}: expected key=value, e.g. {option('set')} optim.epochs=100",
+                          param="set", value=item)  # fmt: skip
     return key.strip(), value.strip()
 
 
@@ -208,12 +211,13 @@ def set_value(recipe: Any, key: str, text: str) -> None:
             break
     hints = typing.get_type_hints(type(obj)) if dataclasses.is_dataclass(obj) else {}
     if last not in hints or dataclasses.is_dataclass(getattr(obj, last)):
-        raise RecipeError(f"--set {key}: unknown key; known keys: {', '.join(_keys(recipe))}")
+        raise RecipeError(f"{option('set')} {key}: unknown key; known keys: {', '.join(_keys(recipe))}",
+                          param="set", value=key, allowed=tuple(_keys(recipe)))  # fmt: skip
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # a bare word: a string (`--set model=small`)
-    setattr(obj, last, _coerce(value, hints[last], key, "--set"))
+    setattr(obj, last, _coerce(value, hints[last], key, option("set")))
 
 
 def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
@@ -225,7 +229,7 @@ def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
             try:
                 return _coerce(value, option, name, where)
             except RecipeError as e:
-                errors.append(str(e))
+                errors.append(e.args[0])
         raise RecipeError(errors[0])
     if hint is type(None):
         if value is None:
@@ -349,7 +353,8 @@ def resolve_run_recipe(
 
     run = RunFolder(out)
     if not resume and run.has_run():
-        raise UsageError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
+        raise UsageError(f"{out} already holds a run; add {option('resume')} to continue it, or choose another "
+                         f"{option('out')}", param="out", value=str(out))  # fmt: skip
     resumed = resume and run.config.is_file()
     if resumed and config is None:
         path = run.config
@@ -364,7 +369,7 @@ def resolve_run_recipe(
         try:
             set_value(recipe, key, toml_value(value))
         except RecipeError as e:
-            raise UsageError(str(e).replace("--set ", "--")) from None
+            raise UsageError(e.args[0], param=key, value=value) from None
     if not resumed:
         return recipe
     stored = load_recipe(cls, run.config)
@@ -377,8 +382,8 @@ def resolve_run_recipe(
             f"{k} = {get_value(stored, k)!r} (this command: {get_value(recipe, k)!r})" for k in changed
         )
         raise UsageError(
-            f"--resume continues {run.config}, which has {diff}; a resumed run cannot change what it learns: "
-            "drop or fix the flag, or choose another --out"
+            f"{option('resume')} continues {run.config}, which has {diff}; a resumed run cannot change what it "
+            f"learns: drop or fix the flag, or choose another {option('out')}"
         )
     for key in said & set(RESUMABLE_CHANGES):
         set_value(stored, key, toml_value(get_value(recipe, key)))
