@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from vmae_cli import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
 from vmae_cli.errors import CheckpointError, FieldError
-from vmae_cli.models.loading import resolve
+from vmae_cli.hub import resolve
 from vmae_cli.models.modeling import ShapeError
 
 from .models import TINY_PREPROCESSOR, build, tiny_classifier, tiny_config, tiny_pretraining

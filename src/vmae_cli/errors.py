@@ -46,6 +46,12 @@ def spell(text: str, name: Callable[[str], str] | None = None) -> str:
     return _OPTION.sub(lambda m: (name or _SPELLING[-1])(m.group(1)), text)
 
 
+def listing(names: list[str], n: int = 6) -> str:
+    """Up to `n` of `names`, sorted, for a message: `a, b, c, ... (12 more)`."""
+    names = sorted(names)
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
 class VmaeError(Exception):
     """An expected failure with a one-line, actionable message."""
 

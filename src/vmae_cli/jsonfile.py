@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any
 
-from .errors import VmaeError
+from .errors import CheckpointError, VmaeError
 
 
 def dumps(data: Any, *, name: str = "JSON", **kwargs) -> str:
@@ -37,3 +39,17 @@ def _non_finite_at(data: Any, where: str = "") -> tuple[str, float] | None:
         if found is not None:
             return found
     return None
+
+
+def read_object(path: str | os.PathLike) -> dict:
+    """A model file that holds one JSON object (config.json, preprocessor_config.json), as a dict; anything
+    else is a CheckpointError that names the file."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise CheckpointError(f"{path}: not a valid JSON file ({e}); re-download or fix it") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(
+            f"{path}: expected a JSON object, got {type(d).__name__}; re-download or fix it"
+        )
+    return d

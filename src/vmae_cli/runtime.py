@@ -66,25 +66,44 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}  # fmt: skip
+
+
+def as_dtype(value: torch.dtype | str | None, default: torch.dtype = torch.float32) -> torch.dtype:
+    """A torch dtype from a dtype or its name (fp32, bf16, fp16, or torch's spelling); None: `default`."""
+    if value is None:
+        return default
+    if isinstance(value, torch.dtype):
+        return value
+    if value not in DTYPES:
+        raise _unknown_dtype(value, ())
+    return DTYPES[value]
+
+
+def _unknown_dtype(value, extra: tuple[str, ...]) -> UsageError:
+    shown = (*extra, "fp32", "bf16")
+    return UsageError(
+        f"{option('dtype')} {value!r}: expected {', '.join(shown)} or fp16",
+        param="dtype", value=value, allowed=(*extra, *DTYPES),
+    )  # fmt: skip
+
+
 def resolve_dtype(name: str, device: torch.device, *, cpu_bf16: bool) -> torch.dtype:
     """The dtype that NAME (auto, fp32, bf16, fp16) names. auto: bf16 on CUDA (where supported); on the CPU bf16 only where the caller
     allows it (cpu_bf16: classify, evaluate and training, whose results bf16 leaves alike) and the CPU computes it
     natively; float32 otherwise (embed: vectors are stored and compared, so every CPU gives the fp32 ones)."""
-    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         if device.type == "cpu" and cpu_bf16 and cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
-    if name not in names:
-        raise UsageError(
-            f"{option('dtype')} {name!r}: expected auto, fp32, bf16 or fp16",
-            param="dtype",
-            value=name,
-            allowed=("auto", *names),
-        )
-    return names[name]
+    if name not in DTYPES:
+        raise _unknown_dtype(name, ("auto",))
+    return DTYPES[name]
 
 
 def default_workers() -> int:

@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, UsageError, VmaeError
+from ..errors import CheckpointError, UsageError, VmaeError, listing
 from ..files import atomic_folder
-from ..models.config import CONFIG_NAME, VideoMAEConfig
+from ..hub import CONFIG_NAME, PREPROCESSOR_NAME
+from ..models.config import VideoMAEConfig
 from ..models.labelsets import LABEL_SETS, LABELS_DIR
-from ..models.loading import PREPROCESSOR_NAME, _short, normalize_keys
+from ..models.loading import normalize_keys
 from ..models.modeling import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, MODEL_CLASSES, sinusoid_table
 from .reference import BLOCK_NAMES as _BLOCK_NAMES
 from .reference import ORIGINAL_EPS, hf_to_original, verify
@@ -265,7 +266,7 @@ def original_to_hf(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
             unknown.append(key)
     if unknown:
         raise ConversionError(
-            f"keys with no counterpart in transformers' VideoMAE: {_short(unknown)}; "
+            f"keys with no counterpart in transformers' VideoMAE: {listing(unknown)}; "
             "is this a VideoMAE checkpoint (no CLS token, no learned extras)?"
         )
     for dest, parts in blocks.items():
@@ -595,7 +596,7 @@ def _build(architecture: str, config: VideoMAEConfig, state: dict[str, torch.Ten
     wrong = [f"{k} {tuple(state[k].shape)} vs {expected[k]}" for k in expected
              if k in state and tuple(state[k].shape) != expected[k]]  # fmt: skip
     if missing or unexpected or wrong:
-        parts = [f"{what}: {_short(keys)}" for what, keys in
+        parts = [f"{what}: {listing(keys)}" for what, keys in
                  (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]  # fmt: skip
         raise ConversionError(f"{source}: weights do not fit a {architecture} ({'; '.join(parts)})")
     model.load_state_dict({k: v.contiguous() for k, v in state.items()}, assign=True)

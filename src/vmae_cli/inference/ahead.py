@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hub import cached
 from ..video.reader import VideoReader
 from ..video.sampling import SamplingSpec
 from .options import RunOptions, sampling_spec
@@ -113,7 +114,7 @@ class DecodedAhead:
         """What `load_model` will sample, from the model's config files on this machine (no download)."""
         from ..models.config import VideoMAEConfig
 
-        files = _local_config_files(self.model, self.revision)
+        files = cached(self.model, self.revision)  # else the main thread downloads them; decoding waits
         if files is None:
             return None
         config_path, preprocessor_path = files
@@ -155,25 +156,6 @@ class _AheadReader(VideoReader):
             done = {j: transform(rgb) for j, rgb in done.items()}
         self.clamped = np.unique(idx[idx >= len(self.frame_index().pts)])  # as get_frames sets it
         return np.stack([done[j] for j in idx.tolist()])
-
-
-def _local_config_files(model: str, revision: str | None) -> tuple[Path, Path | None] | None:
-    """(config.json, preprocessor_config.json or None) of a model folder, or of a Hub model in the local
-    cache; None if they are not on this machine (the main thread downloads them; decoding then waits)."""
-    from ..models.loading import _HUB_ID, resolve
-
-    if Path(model).expanduser().exists():
-        found = resolve(model, revision, weights=False)
-        return found.config_path, found.preprocessor_path
-    if not _HUB_ID.match(model) or ".." in model:
-        return None
-    from huggingface_hub import try_to_load_from_cache
-
-    config = try_to_load_from_cache(model, "config.json", revision=revision)
-    if not isinstance(config, str):
-        return None
-    pre = try_to_load_from_cache(model, "preprocessor_config.json", revision=revision)
-    return Path(config), Path(pre) if isinstance(pre, str) else None
 
 
 class _ThreadRecords(logging.Filter):

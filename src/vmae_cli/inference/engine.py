@@ -21,7 +21,7 @@ from ..errors import VmaeError, option, spell
 from ..runtime import default_workers, init_decode_worker
 from ..video.clips import Clips, iter_views, plan_clips
 from ..video.discover import expand_inputs, parse_shard, take_shard  # noqa: F401 - named here first
-from ..video.preprocess import Preprocessor
+from ..video.preprocess import Preprocessor, checked
 from ..video.reader import VideoReader
 from ..video.sampling import SamplingSpec
 from ..video.timeline import Timeline
@@ -34,9 +34,11 @@ log = logging.getLogger(__name__)
 
 
 def preprocessor_for(model, preprocessor_config: dict | None) -> Preprocessor:
-    """The model's own preprocessor_config.json, else transformers' defaults at the model's image size."""
+    """The model's own preprocessor_config.json (if it fits the model), else transformers' defaults at the
+    model's image size."""
     if preprocessor_config:
-        return Preprocessor.from_dict(preprocessor_config)
+        found = getattr(model, "resolved", None)  # the files from_pretrained read: errors name the file
+        return checked(preprocessor_config, model.config, found.preprocessor_path if found else None)
     h, w = model.config.image_hw
     log.warning("model has no preprocessor_config.json; using transformers' defaults (mean/std 0.5)")
     return Preprocessor.from_dict(

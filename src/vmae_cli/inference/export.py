@@ -208,8 +208,8 @@ def _format(out: Path, format: str | None) -> str:
 
 
 def _config(ref: str, revision: str | None):
+    from ..hub import resolve
     from ..models.config import VideoMAEConfig
-    from ..models.loading import resolve
 
     return VideoMAEConfig.from_json_file(resolve(ref, revision, weights=False).config_path)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..hub import resolve
 from ..models.config import VideoMAEConfig, preset_names
-from ..models.loading import check_config_fits_weights, read_tensor_infos, resolve
+from ..models.weights import check_config_fits_weights, read_tensor_infos
 
 
 def size_name(config: VideoMAEConfig) -> str:

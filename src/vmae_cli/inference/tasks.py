@@ -39,8 +39,8 @@ def classify_pooling(config) -> str | None:
 
 def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     """A model ready for inference: (model, head function, engine). task: 'classify' or an embed pooling."""
+    from ..hub import resolve
     from ..models.config import VideoMAEConfig
-    from ..models.loading import resolve
     from ..models.modeling import VideoMAEForVideoClassification, VideoMAEModel
 
     device = resolve_device(opts.device)

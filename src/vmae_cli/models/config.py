@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FieldError
+from ..hub import CONFIG_NAME, resolve
+from ..limits import LIMITS, MAX_LABELS, MAX_PARAMETERS, MAX_TOKENS
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
 MODEL_TYPE = "videomae"
 PRESETS_DIR = (
     Path(__file__).parents[1] / "configs" / "models"
@@ -35,20 +36,6 @@ HIDDEN_ACTS = (
 _SAVED_IF_SET = ("output_attentions", "output_hidden_states", "return_dict")
 # Keys that describe a file rather than the model; dropped on read, rewritten on save.
 _VOLATILE = {"transformers_version", "_name_or_path", "model_type", "qv_bias", "qkv_bias"}
-
-# Sizes vmae builds (inclusive; each side of a pair). Past them a config is refused before anything is
-# allocated, naming the field (README, "Limits"). The largest published VideoMAE, ViT-g (VideoMAEv2), is
-# 1408 wide, 40 layers deep, with a 6144 MLP, 16 frames of 224x224 and 1568 tokens.
-LIMITS = {
-    "image_size": (1, 4096), "patch_size": (1, 4096), "num_channels": (1, 16), "num_frames": (1, 1024),
-    "tubelet_size": (1, 1024), "hidden_size": (1, 16384), "num_hidden_layers": (1, 256),
-    "num_attention_heads": (1, 1024), "intermediate_size": (1, 65536), "decoder_hidden_size": (1, 16384),
-    "decoder_num_hidden_layers": (0, 256), "decoder_num_attention_heads": (1, 1024),
-    "decoder_intermediate_size": (1, 65536),
-}  # fmt: skip
-MAX_TOKENS = 65536  # per clip: (num_frames / tubelet_size) x (height / patch) x (width / patch)
-MAX_PARAMETERS = 4_000_000_000
-MAX_LABELS = 1 << 20  # num_labels builds LABEL_i names, one per output
 
 
 def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -299,8 +286,6 @@ class VideoMAEConfig:
         """Read `config.json` from a folder, a Hub id, or a preset name (`tiny`, `base`, ...)."""
         if isinstance(ref, str) and ref in preset_names():
             return cls.from_preset(ref)
-        from .loading import resolve
-
         return cls.from_json_file(resolve(ref, revision=revision, weights=False).config_path)
 
     @classmethod

@@ -9,7 +9,6 @@ takes (frames.py turns them into uint8 (T, H, W, 3)), and `return_tensors` gives
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, FieldError, ModelNotFoundError
-from ..models.config import LIMITS
+from ..hub import PREPROCESSOR_NAME, download, is_hub_id
+from ..jsonfile import read_object
+from ..limits import LIMITS
 from .frames import as_videos
 
-CONFIG_NAME = "preprocessor_config.json"
 _RESAMPLE = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}  # PIL enum -> F.interpolate mode
 _KNOWN = {
     "do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
@@ -130,22 +130,17 @@ class Preprocessor:
     @classmethod
     def from_pretrained(cls, ref: str | os.PathLike, *, revision: str | None = None) -> Preprocessor:
         """From a folder holding preprocessor_config.json, the file itself, or a Hub model id."""
-        path = Path(ref)
+        path = Path(ref).expanduser()
         if path.is_dir():
-            path = path / CONFIG_NAME
+            path = path / PREPROCESSOR_NAME
             if not path.is_file():
                 raise ModelNotFoundError(
-                    f"{ref}: no {CONFIG_NAME} in this folder; pass a model folder or Hub id"
+                    f"{ref}: no {PREPROCESSOR_NAME} in this folder; pass a model folder or Hub id"
                 )
         elif not path.is_file():
-            from huggingface_hub import hf_hub_download
-
-            try:
-                path = Path(hf_hub_download(str(ref), CONFIG_NAME, revision=revision))
-            except Exception as e:  # hub errors are many types; all mean "cannot get the file"
-                raise ModelNotFoundError(
-                    f"{ref}: cannot get {CONFIG_NAME} ({type(e).__name__}); pass a local folder or a valid Hub id"
-                ) from e
+            if not is_hub_id(str(ref)):
+                raise ModelNotFoundError(f"{ref}: no such file or folder")
+            path = download(str(ref), PREPROCESSOR_NAME, revision)
         return cls.from_dict(read_config(path))
 
     def to_dict(self) -> dict:
@@ -166,8 +161,10 @@ class Preprocessor:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / CONFIG_NAME
-        text = dumps(self.to_dict(), name=CONFIG_NAME, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+        target = folder / PREPROCESSOR_NAME
+        text = (
+            dumps(self.to_dict(), name=PREPROCESSOR_NAME, indent=2, sort_keys=True, ensure_ascii=True) + "\n"
+        )
         atomic_write_text(target, text)
         return target
 
@@ -305,14 +302,14 @@ def _stack(pixels: list[torch.Tensor]) -> torch.Tensor:
 def read_config(path: str | os.PathLike, model_config=None) -> dict:
     """A preprocessor_config.json as a dict, valid for `Preprocessor.from_dict` and, with `model_config`,
     fitting that model's image size. Errors name the file (and the field)."""
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
-        raise CheckpointError(f"{path}: not a valid JSON file ({e}); re-download or fix it") from None
-    if not isinstance(d, dict):
-        raise CheckpointError(
-            f"{path}: expected a JSON object, got {type(d).__name__}; re-download or fix it"
-        )
+    d = read_object(path)
+    checked(d, model_config, path)
+    return d
+
+
+def checked(d: dict, model_config=None, path: str | os.PathLike | None = None) -> Preprocessor:
+    """The Preprocessor of `d`, a preprocessor_config.json's dict, that (with `model_config`) fits that
+    model's image size; errors name the file `path` (and the field)."""
     try:
         proc = Preprocessor.from_dict(d)
         if model_config is not None:
@@ -320,8 +317,8 @@ def read_config(path: str | os.PathLike, model_config=None) -> dict:
     except FieldError as e:
         raise e.at(path) from None
     except (TypeError, ValueError) as e:  # e.g. an unknown value type that the dataclass cannot take
-        raise CheckpointError(f"{path}: {e}; re-download or fix it") from None
-    return d
+        raise CheckpointError(f"{path or PREPROCESSOR_NAME}: {e}; re-download or fix it") from None
+    return proc
 
 
 def _as_tensor(frames) -> torch.Tensor:
