@@ -355,6 +355,15 @@ def test_flip_warning_on_direction_classes_and_no_flip_turns_flips_off(data, tmp
     assert "flip = false" in (tmp_path / "b" / "config.toml").read_text()
 
 
+def test_the_flip_warning_names_the_recipe_key_to_a_python_caller(caplog):
+    from vmae_cli.training.finetune import warn_if_flips_swap_labels
+
+    with caplog.at_level("WARNING", logger="vmae_cli"):
+        warn_if_flips_swap_labels(True, ["left", "right", "still"])
+    assert "'left', 'right'" in caplog.text and "add `data.flip=False`" in caplog.text
+    assert "--" not in caplog.text and "\x1f" not in caplog.text
+
+
 def test_mirrored_labels_on_the_real_label_sets():
     from vmae_cli.convert.build import load_labels
     from vmae_cli.training.finetune import mirrored_labels

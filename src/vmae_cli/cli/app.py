@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from ..errors import VmaeError, spelled
 from . import classify, convert, embed, errors, evaluate, export, finetune, info, pretrain, probe
 from .help import Command, Group, examples

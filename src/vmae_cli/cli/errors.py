@@ -8,6 +8,7 @@ from ..errors import CheckpointError, ConfigError, Interrupted, UsageError, Vmae
 # A parameter whose flag is not `--` + its name with dashes: the table is the one place they differ.
 FLAGS: dict[str, str] = {
     "verify=False": "--no-verify",
+    "data.flip=False": "--no-flip",
     "input_format": "--live-format",
     "label_map": "--labels",
     "mask.ratio": "--set mask.ratio",  # a recipe key: set with --set KEY=VALUE

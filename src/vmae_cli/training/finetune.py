@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import option, spell
 from .recipe import FinetuneAugment, FinetuneRecipe
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 def resolve_recipe(
     out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
 ) -> FinetuneRecipe:
-    """Defaults < recipe file (or RUN/config.toml when resuming) < --set < explicit flags."""
+    """Defaults < recipe file (or RUN/config.toml when resuming) < `sets` overrides < explicit `flags`."""
     from .recipe import resolve_run_recipe
 
     return resolve_run_recipe(FinetuneRecipe, "finetune", out, config, sets, flags, resume)
@@ -61,8 +62,8 @@ def warn_if_flips_swap_labels(flip: bool, names) -> None:
         shown = ", ".join(repr(n) for n in mirrored[:3]) + (
             f" and {len(mirrored) - 3} more" if len(mirrored) > 3 else ""
         )
-        log.warning("horizontal flips are on and the class names %s read as directions a flip swaps; add --no-flip "
-                    "(data.flip = false) unless a mirrored clip keeps its label", shown)  # fmt: skip
+        log.warning("horizontal flips are on and the class names %s read as directions a flip swaps; add %s "
+                    "(data.flip = false) unless a mirrored clip keeps its label", shown, spell(option("data.flip=False")))  # fmt: skip
 
 
 # ---- the model --------------------------------------------------------------------------------------------

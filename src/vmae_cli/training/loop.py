@@ -137,7 +137,7 @@ class Trainer:
         }
 
         def write(folder: Path) -> None:
-            # also an HF model folder: `--init RUN/checkpoints/step-N` works
+            # also an HF model folder: RUN/checkpoints/step-N initialises another run
             self.model.save_pretrained(folder)
             torch.save(state, folder / TRAINER_STATE)
 

@@ -27,7 +27,7 @@ PREVIEW_FRAMES = 8  # rows of a preview strip
 def resolve_recipe(
     out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
 ) -> PretrainRecipe:
-    """Defaults < recipe file (or RUN/config.toml when resuming) < --set < explicit flags."""
+    """Defaults < recipe file (or RUN/config.toml when resuming) < `sets` overrides < explicit `flags`."""
     from .recipe import PretrainRecipe, resolve_run_recipe
 
     return resolve_run_recipe(PretrainRecipe, "pretrain", out, config, sets, flags, resume)

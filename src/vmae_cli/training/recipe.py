@@ -1,7 +1,7 @@
-"""Training recipes: nested dataclasses <-> TOML files, with `--set section.key=value` overrides.
+"""Training recipes: nested dataclasses <-> TOML files, with `section.key=value` overrides.
 
 A recipe is a dataclass whose fields are dataclasses (one per TOML table) or plain values. Reading checks
-every key against the dataclass, so a typo is an error that names it, and `--set` values are parsed as
+every key against the dataclass, so a typo is an error that names it, and override values are parsed as
 TOML and coerced to the field's type. `to_toml` writes the resolved recipe back (the run folder's
 `config.toml`), so a run can always be repeated from its own folder.
 """
@@ -119,7 +119,7 @@ class FinetuneAugment:
 class FinetuneRecipe:
     """Everything `vmae finetune` needs besides DATA and the run folder."""
 
-    model: str = "base"  # INIT: pre-training checkpoint, classifier, or preset name (from scratch); --model
+    model: str = "base"  # INIT: pre-training checkpoint, classifier, or preset name (from scratch)
     drop_path: float = 0.1
     head_dropout: float = 0.0
     val_every: int = 1  # epochs between validations; the last epoch is always validated
@@ -216,7 +216,7 @@ def set_value(recipe: Any, key: str, text: str) -> None:
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        value = text  # a bare word: a string (`--set model=small`)
+        value = text  # a bare word: a string (`model=small`)
     setattr(obj, last, _coerce(value, hints[last], key, option("set")))
 
 
@@ -338,13 +338,13 @@ def get_value(recipe: Any, key: str) -> Any:
 def resolve_run_recipe(
     cls, kind: str, out: Path, config: str | None, sets: list[str], flags: dict, resume: bool
 ):
-    """The recipe of a training run: defaults < recipe file < --set < flags.
+    """The recipe of a training run: defaults < recipe file < `sets` (KEY=VALUE overrides) < `flags`.
 
-    kind: "pretrain" or "finetune" (the folder of configs/ to look in). Without --config, the recipe that fits the
+    kind: "pretrain" or "finetune" (the folder of configs/ to look in). Without a `config` recipe, the one that fits the
     model's size (`recipe_for_model`); without a model either, "base".
 
     Resuming a run that has RUN/config.toml continues that recipe, and the same command that started the run
-    continues it: what the command says (the whole --config recipe, each --set and flag) must equal the
+    continues it: what the command says (the whole `config` recipe, each of `sets` and `flags`) must equal the
     stored value, except RESUMABLE_CHANGES, which it may change. Anything else is refused, naming the
     difference, so that a resumed run never learns differently from the run it continues.
     """
