@@ -198,7 +198,7 @@ def test_resume_continues_exactly(data, tmp_path):
     flags = {**FAST, "optim.max_steps": 6, "run.save_every": 3}
     whole = tmp_path / "whole"
     run_finetuning(
-        resolve_recipe(whole, "tiny", SETS, flags, False), str(data / "train"), whole, progress=False
+        resolve_recipe(whole, "tiny", SETS, flags, False), str(data / "train"), whole
     )
     cut = tmp_path / "cut"
     run_finetuning(resolve_recipe(cut, "tiny", SETS, flags, False), str(data / "train"), cut)
