@@ -197,9 +197,7 @@ def test_resume_continues_exactly(data, tmp_path):
 
     flags = {**FAST, "optim.max_steps": 6, "run.save_every": 3}
     whole = tmp_path / "whole"
-    run_finetuning(
-        resolve_recipe(whole, "tiny", SETS, flags, False), str(data / "train"), whole
-    )
+    run_finetuning(resolve_recipe(whole, "tiny", SETS, flags, False), str(data / "train"), whole)
     cut = tmp_path / "cut"
     run_finetuning(resolve_recipe(cut, "tiny", SETS, flags, False), str(data / "train"), cut)
     import shutil
@@ -405,7 +403,7 @@ def test_finetune_of_a_small_pretrained_folder_takes_the_small_data_recipe(tmp_p
     (320-pixel decode, mixup 0.8, cutmix 1.0, lr 5e-4 x 16 / 256 = 3.1e-5, a loss that stays at ln 4)."""
     from vmae_cli.models.config import VideoMAEConfig
     from vmae_cli.models.modeling import VideoMAEForPreTraining
-    from vmae_cli.training.loop import plan_steps
+    from vmae_cli.training.parts import plan_steps
 
     folder = tmp_path / "run" / "model"
     VideoMAEForPreTraining(VideoMAEConfig.from_preset("mini")).save_pretrained(folder)

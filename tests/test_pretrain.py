@@ -264,7 +264,7 @@ def test_lr_rule_is_linear_from_256_clips_up_and_square_root_below():
 
 
 def test_lr_plan_scales_with_the_batch_and_an_absolute_lr_keeps_the_floor_below_it():
-    from vmae_cli.training.loop import plan_steps
+    from vmae_cli.training.parts import plan_steps
 
     optim = OptimRecipe(batch_size=16, epochs=10, warmup_epochs=1.0, blr=0.3, min_lr=0.05, warmup_lr=0.0)
     plan = plan_steps(optim, 160, 10, clips_per_video=1, world=2)  # global batch 32

@@ -222,8 +222,8 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         run_preprocessor_config,
     )
     from .distributed import setup_distributed, teardown_distributed
-    from .loop import LoopSettings, Trainer, fit_run, plan_steps
-    from .parts import Precision, make_optimizer, param_groups
+    from .loop import LoopSettings, Trainer, fit_run
+    from .parts import plan_steps, ready_to_train
     from .recipe import to_toml
     from .run_folder import RunFolder
 
@@ -240,20 +240,14 @@ def run_finetuning(recipe: FinetuneRecipe, data: str, out: Path, val: str | None
         sampler = EpochSampler(len(train_set), o.batch_size, r.run.seed, dist.rank, dist.world)
         plan = plan_steps(o, len(train_set), sampler.batches_per_epoch, spec.num_sample, dist.world)
 
-        model.to(dist.device)
-        model.gradient_checkpointing_enable(r.run.gradient_checkpointing)
-        precision = Precision.create(r.run.dtype, dist.device)
         scale = layer_decay_scale(config.num_hidden_layers, o.layer_decay) if o.layer_decay < 1 else None
-        optimizer = make_optimizer(
-            param_groups(model, o.weight_decay, lr_scale=scale), plan.peak, o.betas, dist.device
-        )
+        precision, optimizer = ready_to_train(model, r, plan.peak, dist.device, lr_scale=scale)
 
         dataset = FinetuneDataset(train_set, spec, r.run.seed)
         loader = make_loader(dataset, sampler, r.run.workers, pin_memory=dist.device.type == "cuda",
                              collate_fn=collate_labelled)  # fmt: skip
         run = RunFolder(out)
-        settings = LoopSettings(plan.total, plan.steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
-                                r.run.save_every, r.run.keep, 0, progress, "finetune")  # fmt: skip
+        settings = LoopSettings.of(r, plan, progress, "finetune")
         preprocessor = run_preprocessor_config(spec)  # frame_sampling: the training window, one central view
         model.preprocessor_config = preprocessor  # RUN/model's and every checkpoint's
         sampling = SamplingSpec(mode="window", frames=spec.frames, stride=spec.stride)

@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import Interrupted, VmaeError, option
 from ..jsonfile import dumps
 from .distributed import Dist
-from .parts import Precision, Schedule, scaled_lr, step_seed, to_device
+from .parts import Precision, Schedule, StepPlan, step_seed, to_device
 from .run_folder import TRAINER_STATE, RunFolder, checkpoint_bytes
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,13 @@ class LoopSettings:
     # advance(done, info); the command line passes its bar (cli/ui.py). None: none
     progress: Callable[..., contextlib.AbstractContextManager] | None = None
     label: str = "train"
+
+    @classmethod
+    def of(cls, recipe, plan: StepPlan, progress, label: str, preview_every: int = 0) -> LoopSettings:
+        """The settings a recipe (its optim and run tables) and its step plan give."""
+        o, run = recipe.optim, recipe.run
+        return cls(plan.total, plan.steps_per_epoch, o.accum, o.clip_grad, run.seed, run.log_every, run.save_every,
+                   run.keep, preview_every, progress, label)  # fmt: skip
 
 
 @dataclass
@@ -408,39 +415,3 @@ def fit_run(trainer: Trainer, run: RunFolder, dist: Dist, recipe_toml: str, resu
     if dist.enabled:
         torch.distributed.barrier()
     return state
-
-
-@dataclass
-class StepPlan:
-    """How long a run is and how its lr moves, from the recipe's optim section and the data size."""
-
-    steps_per_epoch: int
-    total: int
-    global_batch: int  # clips per optimizer step, over all processes
-    peak: float
-    schedule: Schedule
-
-
-def plan_steps(optim, num_videos: int, batches_per_epoch: int, clips_per_video: int, world: int) -> StepPlan:
-    """Steps, warmup and the lr scaled by the global batch (optim: a recipe's OptimRecipe)."""
-    from ..errors import UsageError, option
-
-    steps_per_epoch = batches_per_epoch // optim.accum
-    if steps_per_epoch == 0:
-        raise UsageError(f"one epoch of {num_videos} video(s) holds fewer than {option('accum')} {optim.accum} "
-                         f"batches; lower {option('accum')} or {option('batch_size')}", param="accum",
-                         value=optim.accum)  # fmt: skip
-    total = optim.max_steps or optim.epochs * steps_per_epoch
-    if optim.warmup_steps >= 0:
-        warmup = optim.warmup_steps
-    elif optim.max_steps:  # the recipe's warmup share of its epochs, applied to the steps asked for
-        warmup = round(total * optim.warmup_epochs / max(optim.epochs, 1))
-    else:
-        warmup = round(optim.warmup_epochs * steps_per_epoch)
-    global_batch = optim.batch_size * clips_per_video * optim.accum * world
-    # per-256-clip values -> this global batch; with an absolute peak lr, the floor and the warmup start keep
-    # their ratio to it instead
-    scale = optim.lr / optim.blr if optim.lr > 0 and optim.blr > 0 else scaled_lr(1.0, global_batch)
-    peak = optim.lr if optim.lr > 0 else optim.blr * scale
-    schedule = Schedule(peak, total, min(warmup, total), optim.min_lr * scale, optim.warmup_lr * scale)
-    return StepPlan(steps_per_epoch, total, global_batch, peak, schedule)

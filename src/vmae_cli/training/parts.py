@@ -1,5 +1,5 @@
-"""The parts a training run is made of besides its loop: the lr schedule, optimizer groups, mixed precision,
-moving batches to the device and the per-step seed. Each is a pure function or a small value, so a resumed
+"""The parts a training run is made of besides its loop: the step plan and lr schedule, optimizer groups, mixed
+precision, moving batches to the device and the per-step seed. Each is a pure function or a small value, so a resumed
 run rebuilds them from the recipe and the step alone."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import VmaeError, option
+from ..errors import UsageError, VmaeError, option
 
 
 # ---- schedule ---------------------------------------------------------------------------------------------
@@ -134,3 +134,51 @@ def to_device(batch: Any, device: torch.device) -> Any:
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of the model-side randomness (dropout, drop path, mixup) of one optimizer step on one rank."""
     return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63)
+
+
+def ready_to_train(model: nn.Module, recipe, peak_lr: float, device: torch.device,
+                   lr_scale: Callable[[str], float] | None = None) -> tuple[Precision, torch.optim.Optimizer]:  # fmt: skip
+    """Move `model` to `device` with gradient checkpointing as the recipe says; its precision and optimizer
+    (AdamW over `param_groups`, at `peak_lr`, with `lr_scale` per parameter for layer decay)."""
+    o = recipe.optim
+    model.to(device)
+    model.gradient_checkpointing_enable(recipe.run.gradient_checkpointing)
+    precision = Precision.create(recipe.run.dtype, device)
+    optimizer = make_optimizer(
+        param_groups(model, o.weight_decay, lr_scale=lr_scale), peak_lr, o.betas, device
+    )
+    return precision, optimizer
+
+
+@dataclass
+class StepPlan:
+    """How long a run is and how its lr moves, from the recipe's optim section and the data size."""
+
+    steps_per_epoch: int
+    total: int
+    global_batch: int  # clips per optimizer step, over all processes
+    peak: float
+    schedule: Schedule
+
+
+def plan_steps(optim, num_videos: int, batches_per_epoch: int, clips_per_video: int, world: int) -> StepPlan:
+    """Steps, warmup and the lr scaled by the global batch (optim: a recipe's OptimRecipe)."""
+    steps_per_epoch = batches_per_epoch // optim.accum
+    if steps_per_epoch == 0:
+        raise UsageError(f"one epoch of {num_videos} video(s) holds fewer than {option('accum')} {optim.accum} "
+                         f"batches; lower {option('accum')} or {option('batch_size')}", param="accum",
+                         value=optim.accum)  # fmt: skip
+    total = optim.max_steps or optim.epochs * steps_per_epoch
+    if optim.warmup_steps >= 0:
+        warmup = optim.warmup_steps
+    elif optim.max_steps:  # the recipe's warmup share of its epochs, applied to the steps asked for
+        warmup = round(total * optim.warmup_epochs / max(optim.epochs, 1))
+    else:
+        warmup = round(optim.warmup_epochs * steps_per_epoch)
+    global_batch = optim.batch_size * clips_per_video * optim.accum * world
+    # per-256-clip values -> this global batch; with an absolute peak lr, the floor and the warmup start keep
+    # their ratio to it instead
+    scale = optim.lr / optim.blr if optim.lr > 0 and optim.blr > 0 else scaled_lr(1.0, global_batch)
+    peak = optim.lr if optim.lr > 0 else optim.blr * scale
+    schedule = Schedule(peak, total, min(warmup, total), optim.min_lr * scale, optim.warmup_lr * scale)
+    return StepPlan(steps_per_epoch, total, global_batch, peak, schedule)

@@ -45,8 +45,8 @@ def run_pretraining(recipe: PretrainRecipe, data: str, out: Path, resume: bool =
     from ..video.discover import list_videos
     from .data import ClipSpec, EpochSampler, PretrainDataset, make_loader, run_preprocessor_config
     from .distributed import setup_distributed, teardown_distributed
-    from .loop import Hooks, LoopSettings, Trainer, fit_run, plan_steps
-    from .parts import Precision, make_optimizer, param_groups
+    from .loop import Hooks, LoopSettings, Trainer, fit_run
+    from .parts import plan_steps, ready_to_train
     from .recipe import to_toml
     from .run_folder import RunFolder
 
@@ -66,16 +66,12 @@ def run_pretraining(recipe: PretrainRecipe, data: str, out: Path, resume: bool =
             )
         else:
             model = VideoMAEForPreTraining(config, drop_path_rate=r.drop_path)
-        model.to(dist.device)
-        model.gradient_checkpointing_enable(r.run.gradient_checkpointing)
-        precision = Precision.create(r.run.dtype, dist.device)
-        optimizer = make_optimizer(param_groups(model, o.weight_decay), plan.peak, o.betas, dist.device)
+        precision, optimizer = ready_to_train(model, r, plan.peak, dist.device)
 
         dataset = PretrainDataset(paths, spec, config, r.run.seed)
         loader = make_loader(dataset, sampler, r.run.workers, pin_memory=dist.device.type == "cuda")
         run = RunFolder(out)
-        settings = LoopSettings(plan.total, plan.steps_per_epoch, o.accum, o.clip_grad, r.run.seed, r.run.log_every,
-                                r.run.save_every, r.run.keep, r.run.preview_every, progress, "pretrain")  # fmt: skip
+        settings = LoopSettings.of(r, plan, progress, "pretrain", r.run.preview_every)
         model.preprocessor_config = run_preprocessor_config(spec)  # RUN/model's and every checkpoint's
         hooks = Hooks(
             save_model=lambda m, folder: m.save_pretrained(folder),
