@@ -204,7 +204,7 @@ def test_hf_source_with_another_activation_verifies(tmp_path):
 def test_pos_embed_sinusoid_is_dropped_and_gives_the_frame_count(tmp_path):
     _, hf_state = source_model(tmp_path, "classifier", use_mean_pooling=True)
     original = to_original(hf_state)
-    from vmae_cli.models.modeling import sinusoid_table
+    from vmae_cli.models.layers import sinusoid_table
 
     original["pos_embed"] = sinusoid_table(32, 64).unsqueeze(0)  # 2 x 4 x 4 tokens: 4 frames at 32 px
     torch.save({"model": original}, tmp_path / "c.pth")

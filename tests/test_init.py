@@ -15,7 +15,8 @@ import torch
 
 from vmae_cli.models.config import VideoMAEConfig
 from vmae_cli.models.masking import tube_mask
-from vmae_cli.models.modeling import VideoMAEForPreTraining, VideoMAEForVideoClassification, patchify
+from vmae_cli.models.modeling import VideoMAEForPreTraining, VideoMAEForVideoClassification
+from vmae_cli.models.targets import patchify
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1)

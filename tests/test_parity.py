@@ -158,8 +158,8 @@ def test_training_gradients_match_transformers(tmp_path):
 def test_every_parameter_free_transformers_activation_is_reproduced_bit_for_bit():
     from transformers.activations import ACT2FN
 
+    from vmae_cli.models.activations import ACTIVATIONS
     from vmae_cli.models.config import HIDDEN_ACTS
-    from vmae_cli.models.modeling import ACTIVATIONS
 
     x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 4
     for name in HIDDEN_ACTS:

@@ -17,7 +17,8 @@ import torch
 from vmae_cli.cli.app import main
 from vmae_cli.models.config import VideoMAEConfig
 from vmae_cli.models.masking import decoder_mask, tube_mask
-from vmae_cli.models.modeling import ShapeError, VideoMAEForPreTraining, pretraining_targets
+from vmae_cli.models.modeling import ShapeError, VideoMAEForPreTraining
+from vmae_cli.models.targets import pretraining_targets
 from vmae_cli.training.data import EpochSampler, multi_scale_crop_box
 from vmae_cli.training.parts import cosine_lr, no_weight_decay, param_groups
 from vmae_cli.training.pretrain import resolve_recipe, run_pretraining, write_png

@@ -1,26 +1,30 @@
-"""VideoMAE: encoder, pre-training decoder and classifier, with transformers' module and parameter names.
+"""VideoMAE: the encoder, the pre-training model and the classifier, with transformers' module and parameter
+names; their blocks are in layers.py.
 
 Parameter names are the on-disk names of Hugging Face checkpoints (`...attention.attention.q_bias`, no key
 bias), so `state_dict()` is the file layout and loading needs no renaming. Shapes follow transformers:
 `pixel_values` is (B, T, C, H, W), frames first.
-
-Numerics follow transformers' forward operation by operation (operand order of the residual adds, the
-eps of each LayerNorm, the position table computed in float64), so logits agree to float precision.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from ..errors import VmaeError
-from .config import HIDDEN_ACTS, VideoMAEConfig
+from .activations import ACTIVATIONS  # noqa: F401 - convert/reference.py imports it from here
+from .config import VideoMAEConfig
+from .layers import (
+    Embeddings,
+    Layer,
+    SelfAttention,
+    Stack,
+    drop_path_rates,
+    sinusoid_table,
+)
 from .loading import PretrainedMixin
 from .outputs import (  # noqa: F401 - ModelOutput re-exported: vmae_cli.models.modeling named them first
     BaseModelOutput,
@@ -28,14 +32,15 @@ from .outputs import (  # noqa: F401 - ModelOutput re-exported: vmae_cli.models.
     ModelOutput,
     VideoMAEForPreTrainingOutput,
 )
+from .targets import (  # noqa: F401 - the ImageNet statistics: convert/build.py imports them from here
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ShapeError,
+    patchify,
+    pretraining_targets,
+)
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-
-
-class ShapeError(VmaeError, ValueError):
-    """Input tensors whose shape does not fit the model."""
 
 
 def _require(condition: torch.Tensor, message: Callable[[], str]) -> None:
@@ -45,252 +50,6 @@ def _require(condition: torch.Tensor, message: Callable[[], str]) -> None:
         torch._check(condition.item(), message)
     elif not bool(condition):
         raise ShapeError(message())
-
-
-# ---- activations: transformers' ACT2FN entries without parameters, written as transformers writes them ----
-# (module-level functions rather than lambdas, so that a model stays picklable)
-def _gelu_10(x: torch.Tensor) -> torch.Tensor:
-    return torch.clip(F.gelu(x), -10, 10)
-
-
-def _gelu_fast(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
-
-
-def _gelu_new(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
-
-
-def _gelu_python(x: torch.Tensor) -> torch.Tensor:
-    return x * 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
-
-
-def _gelu_pytorch_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
-def _laplace(x: torch.Tensor, mu: float = 0.707107, sigma: float = 0.282095) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf((x - mu).div(sigma * math.sqrt(2.0))))
-
-
-def _linear(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
-
-
-def _relu2(x: torch.Tensor) -> torch.Tensor:
-    return torch.square(F.relu(x))
-
-
-def _sqrtsoftplus(x: torch.Tensor) -> torch.Tensor:
-    return F.softplus(x).sqrt()
-
-
-ACTIVATIONS = {
-    "gelu": F.gelu,  # exact (erf) GELU
-    "gelu_10": _gelu_10,
-    "gelu_fast": _gelu_fast,
-    "gelu_new": _gelu_new,
-    "gelu_python": _gelu_python,
-    "gelu_pytorch_tanh": _gelu_pytorch_tanh,
-    "gelu_python_tanh": _gelu_new,  # transformers writes these two apart; the same operations
-    "gelu_accurate": _gelu_new,
-    "hardswish": F.hardswish,
-    "laplace": _laplace,
-    "leaky_relu": F.leaky_relu,
-    "linear": _linear,
-    "mish": F.mish,
-    "quick_gelu": _quick_gelu,
-    "relu": F.relu,
-    "relu2": _relu2,
-    "relu6": F.relu6,
-    "sigmoid": torch.sigmoid,
-    "silu": F.silu,
-    "sqrtsoftplus": _sqrtsoftplus,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
-assert set(ACTIVATIONS) == set(HIDDEN_ACTS)
-
-
-# ---- building blocks -------------------------------------------------------------------------------------
-def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
-    """Fixed sin/cos position table (n_position, dim), float32, computed in float64 like the original."""
-    pos = np.arange(n_position, dtype=np.float64)[:, None]
-    j = np.arange(dim)
-    angle = pos / np.power(10000, 2 * (j // 2) / dim)  # (n, dim)
-    angle[:, 0::2] = np.sin(angle[:, 0::2])
-    angle[:, 1::2] = np.cos(angle[:, 1::2])
-    return torch.from_numpy(angle.astype(np.float32))
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop a whole residual branch per sample while training."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention; q and v have biases, k has none (the BEiT/VideoMAE convention)."""
-
-    def __init__(self, dim: int, heads: int, qkv_bias: bool, attn_dropout: float):
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
-        self.query = nn.Linear(dim, dim, bias=False)
-        self.key = nn.Linear(dim, dim, bias=False)
-        self.value = nn.Linear(dim, dim, bias=False)
-        if qkv_bias:
-            self.q_bias = nn.Parameter(torch.zeros(dim))
-            self.v_bias = nn.Parameter(torch.zeros(dim))
-        else:
-            self.q_bias = self.v_bias = None
-        self.attn_dropout = attn_dropout
-        self.implementation = "sdpa"
-
-    def forward(self, x: torch.Tensor, need_weights: bool = False):
-        """x: (B, N, D) -> ((B, N, D), attention probabilities (B, heads, N, N) or None)."""
-        B, N, D = x.shape
-        q = F.linear(x, self.query.weight, self.q_bias)
-        k = F.linear(x, self.key.weight)
-        v = F.linear(x, self.value.weight, self.v_bias)
-        q, k, v = (
-            t.view(B, N, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v)
-        )  # (B, h, N, hd)
-        dropout = self.attn_dropout if self.training else 0.0
-        scale = self.head_dim**-0.5
-        if self.implementation == "sdpa" and not need_weights:
-            ctx, probs = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale), None
-        else:  # the readable reference; also the only path that can return the probabilities
-            probs = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
-            ctx = F.dropout(probs, dropout, self.training) @ v
-        return ctx.transpose(1, 2).reshape(B, N, D), probs
-
-
-class Dense(nn.Module):
-    """A Linear under the name `dense`, the way transformers nests it (`output.dense`, `intermediate.dense`)."""
-
-    def __init__(self, d_in: int, d_out: int):
-        super().__init__()
-        self.dense = nn.Linear(d_in, d_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense(x)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, qkv_bias: bool, attn_dropout: float):
-        super().__init__()
-        self.attention = SelfAttention(dim, heads, qkv_bias, attn_dropout)
-        self.output = Dense(dim, dim)
-
-
-class Layer(nn.Module):
-    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
-    def __init__(self, dim: int, heads: int, mlp_dim: int, cfg: VideoMAEConfig, drop_path: float = 0.0):
-        super().__init__()
-        self.attention = Attention(dim, heads, cfg.qkv_bias, cfg.attention_probs_dropout_prob)
-        self.intermediate = Dense(dim, mlp_dim)
-        self.output = Dense(mlp_dim, dim)
-        self.layernorm_before = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
-        self.layernorm_after = nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.act = ACTIVATIONS[cfg.hidden_act]  # a function, no parameters
-
-    def forward(self, x: torch.Tensor, need_weights: bool = False):
-        a, probs = self.attention.attention(self.layernorm_before(x), need_weights)
-        a = self.dropout(self.attention.output(a))
-        x = self.drop_path(a) + x  # new branch first: transformers' operand order, for identical rounding
-        h = self.act(self.intermediate(self.layernorm_after(x)))
-        x = self.drop_path(self.dropout(self.output(h))) + x
-        return x, probs
-
-
-class Stack(nn.Module):
-    """Transformer layers with optional hidden-state/attention capture and activation checkpointing."""
-
-    def __init__(self, layers: list[Layer]):
-        super().__init__()
-        self.layer = nn.ModuleList(layers)
-        self.gradient_checkpointing = False
-
-    def forward(self, x: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False):
-        hidden = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
-        for layer in self.layer:
-            if self.gradient_checkpointing and self.training and not output_attentions:
-                x, probs = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
-            else:
-                x, probs = layer(x, output_attentions)
-            if hidden is not None:
-                hidden.append(x)
-            if attentions is not None:
-                attentions.append(probs)
-        return x, (tuple(hidden) if hidden else None), (tuple(attentions) if attentions else None)
-
-
-def _drop_path_rates(rate: float, depth: int) -> list[float]:
-    return [rate * i / max(depth - 1, 1) for i in range(depth)]  # linear in depth, as the original
-
-
-class PatchEmbeddings(nn.Module):
-    def __init__(self, cfg: VideoMAEConfig):
-        super().__init__()
-        (ph, pw), ts = cfg.patch_hw, cfg.tubelet_size
-        self.projection = nn.Conv3d(cfg.num_channels, cfg.hidden_size, (ts, ph, pw), stride=(ts, ph, pw))
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, H, W) -> (B, N, D), tokens in (t, h, w) C order."""
-        return self.projection(pixel_values.permute(0, 2, 1, 3, 4)).flatten(2).transpose(1, 2)
-
-
-class Embeddings(nn.Module):
-    def __init__(self, cfg: VideoMAEConfig):
-        super().__init__()
-        self.patch_embeddings = PatchEmbeddings(cfg)
-        # Fixed, never saved (as in every VideoMAE checkpoint); a buffer so that .to(device) moves it.
-        self.register_buffer(
-            "position_embeddings", sinusoid_table(cfg.num_patches, cfg.hidden_size), persistent=False
-        )
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        bool_masked_pos: torch.Tensor | None,
-        tubes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """`tubes`: `patchify(pixel_values, ...)` if the caller has it already (pre-training shares it)."""
-        if bool_masked_pos is None:
-            x = self.patch_embeddings(pixel_values)
-            return x + self.position_embeddings.to(x.dtype)
-        # Masked input: embed the visible tubelets only, as one matmul with the convolution's weights. Same
-        # result as embedding all and dropping the masked ones (transformers' order) up to float rounding, at
-        # 1 - mask_ratio of the cost, forward and backward.
-        proj = self.patch_embeddings.projection
-        B, D = pixel_values.shape[0], proj.out_channels
-        ts, ph, pw = proj.kernel_size
-        if tubes is None:
-            tubes = patchify(pixel_values, ts, (ph, pw))  # (B, N, ts*ph*pw, C)
-        keep = ~bool_masked_pos
-        tubes = tubes[keep].reshape(B, -1, ts, ph, pw, tubes.shape[-1]).permute(0, 1, 5, 2, 3, 4)
-        x = F.linear(tubes.flatten(2), proj.weight.reshape(D, -1), proj.bias)  # weight order (C, ts, ph, pw)
-        pos = self.position_embeddings.to(x.dtype).expand(B, -1, -1)
-        x = x + pos[keep].reshape(B, -1, D)
-        if torch.compiler.is_compiling():  # traced, attention must know that the count is not 0
-            torch._check(x.shape[1] > 0)
-        return x
 
 
 # ---- models ----------------------------------------------------------------------------------------------
@@ -383,7 +142,7 @@ class VideoMAEModel(VideoMAEPreTrainedModel):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        rates = _drop_path_rates(drop_path_rate, config.num_hidden_layers)
+        rates = drop_path_rates(drop_path_rate, config.num_hidden_layers)
         D = config.hidden_size
         self.encoder = Stack(
             [Layer(D, config.num_attention_heads, config.intermediate_size, config, r) for r in rates]
@@ -477,60 +236,6 @@ class Decoder(nn.Module):
             else:
                 x, _ = layer(x)
         return self.head(self.norm(x[:, -return_token_num:]))
-
-
-def patchify(frames: torch.Tensor, tubelet: int, patch: tuple[int, int]) -> torch.Tensor:
-    """(B, T, C, H, W) -> (B, N, tubelet*ph*pw, C): the pixels of each token, channel last."""
-    B, T, C, H, W = frames.shape
-    ph, pw = patch
-    x = frames.reshape(B, T // tubelet, tubelet, C, H // ph, ph, W // pw, pw)
-    x = x.permute(0, 1, 4, 6, 2, 5, 7, 3).contiguous()  # (B, T', H', W', ts, ph, pw, C)
-    return x.view(B, -1, tubelet * ph * pw, C)
-
-
-def unpatchify(patches: torch.Tensor, cfg: VideoMAEConfig) -> torch.Tensor:
-    """(B, N, tubelet*ph*pw*C) -> (B, T, C, H, W); the inverse of `patchify` followed by flattening."""
-    B = patches.shape[0]
-    (ph, pw), ts, C = cfg.patch_hw, cfg.tubelet_size, cfg.num_channels
-    t, h, w = cfg.grid
-    x = patches.reshape(B, t, h, w, ts, ph, pw, C).permute(
-        0, 1, 4, 7, 2, 5, 3, 6
-    )  # (B, t, ts, C, h, ph, w, pw)
-    return x.reshape(B, t * ts, C, h * ph, w * pw)
-
-
-def pretraining_targets(
-    pixel_values: torch.Tensor,
-    bool_masked_pos: torch.Tensor,
-    cfg: VideoMAEConfig,
-    tubes: torch.Tensor | None = None,
-):
-    """What the decoder must predict for the masked tokens: (B, num_masked, patch_dim).
-
-    Pixels are first un-normalised with the ImageNet mean/std (as transformers and the original do, whatever
-    the preprocessor used); with `norm_pix_loss` each token is normalised per channel over its pixels.
-    `tubes`: `patchify(pixel_values, ...)` if the caller has it already.
-    """
-    with torch.no_grad():
-        if cfg.num_channels != 3 and not cfg.norm_pix_loss:
-            raise ShapeError(
-                "norm_pix_loss=False needs 3-channel input (it un-normalises with ImageNet stats)"
-            )
-        B = pixel_values.shape[0]
-        if tubes is None:
-            tubes = patchify(pixel_values, cfg.tubelet_size, cfg.patch_hw)  # (B, N, P, C)
-        patches = tubes[bool_masked_pos].reshape(B, -1, *tubes.shape[2:])  # masked tokens only
-        if cfg.num_channels == 3:
-            # back to [0, 1]: the same products and sums as on the frames, on the masked tokens only
-            mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=patches.device, dtype=patches.dtype)
-            std = torch.tensor(IMAGENET_DEFAULT_STD, device=patches.device, dtype=patches.dtype)
-            patches = patches * std + mean
-        if cfg.norm_pix_loss:
-            # unbiased std per token and channel, as a sum of squares (torch.var is far slower on the CPU)
-            centred = patches - patches.mean(dim=-2, keepdim=True)
-            var = centred.square().sum(dim=-2, keepdim=True) / (patches.shape[-2] - 1)
-            patches = centred / (var.sqrt() + 1e-6)
-        return patches.flatten(2)
 
 
 class VideoMAEForPreTraining(VideoMAEPreTrainedModel):

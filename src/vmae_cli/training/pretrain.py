@@ -114,7 +114,7 @@ def reconstruction_strip(
     """
     import torch
 
-    from ..models.modeling import patchify, unpatchify
+    from ..models.targets import patchify, unpatchify
     from .data import IMAGENET_MEAN, IMAGENET_STD, normalize
 
     cfg = model.config
