@@ -32,15 +32,16 @@ def embed_pooling(config) -> str:
 
 def classify_pooling(config) -> str | None:
     """What a classifier's head reads: fc_norm of the token mean, or token 0; None without a head."""
-    if config.num_labels == 0:
-        return None
-    return "mean+fc_norm" if config.use_mean_pooling else "token0"
+    from ..models.layers import classifier_pooling
+
+    return None if config.num_labels == 0 else classifier_pooling(config)
 
 
 def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     """A model ready for inference: (model, head function, engine). task: 'classify' or an embed pooling."""
     from ..hub import resolve
     from ..models.config import VideoMAEConfig
+    from ..models.layers import pool
     from ..models.modeling import VideoMAEForVideoClassification, VideoMAEModel
 
     device = resolve_device(opts.device)
@@ -68,24 +69,17 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
 
         per_view = view_scores(model.config.problem_type)
     else:
-        pool, per_view = task, None
-        if pool == "auto" and embed_pooling(config) == "mean+fc_norm":
+        per_view = None
+        if task == "auto" and embed_pooling(config) == "mean+fc_norm":
             model = VideoMAEForVideoClassification.from_pretrained(ref, revision, dtype=dtype, device=device)
-
-            def head(x: torch.Tensor) -> torch.Tensor:
-                return model.features(x)
+            head = model.features
         else:
             model = VideoMAEModel.from_pretrained(ref, revision, dtype=dtype, device=device)
-            pool = {"auto": "mean"}.get(pool, pool)
+            how = {"auto": "mean"}.get(task, task)  # mean, token0 or none (every token, (B, N * D))
 
             def head(x: torch.Tensor) -> torch.Tensor:
                 seq = model(x, output_attentions=False, output_hidden_states=False, return_dict=True)
-                seq = seq.last_hidden_state  # (B, N, D)
-                if pool == "mean":
-                    return seq.mean(1)
-                if pool == "token0":
-                    return seq[:, 0]
-                return seq.flatten(1)  # none: every token, (B, N * D)
+                return pool(seq.last_hidden_state, how)
 
     pre_cfg = model.preprocessor_config
     engine = Engine(

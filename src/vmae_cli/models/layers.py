@@ -1,11 +1,15 @@
 """The building blocks of the encoder and decoder, under transformers' module names: the position table,
-stochastic depth, attention, the pre-LN layer and its stack, the patch embedding.
+stochastic depth, attention, the pre-LN layer and its stack, the patch embedding, and `pool`, the one
+function that turns an encoder's tokens into one vector per clip (the classifier, `features()` and embedding
+all call it).
 
 Numerics follow transformers' forward operation by operation (operand order of the residual adds, the
 eps of each LayerNorm, the position table computed in float64), so logits agree to float precision.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -192,3 +196,31 @@ class Embeddings(nn.Module):
         if torch.compiler.is_compiling():  # traced, attention must know that the count is not 0
             torch._check(x.shape[1] > 0)
         return x
+
+
+# ---- pooling ---------------------------------------------------------------------------------------------
+POOLINGS = ("mean+fc_norm", "mean", "token0", "none")
+
+
+def classifier_pooling(config: VideoMAEConfig) -> str:
+    """What a classifier's head reads: "mean+fc_norm" with mean pooling, else "token0"."""
+    return "mean+fc_norm" if config.use_mean_pooling else "token0"
+
+
+def pool(
+    tokens: torch.Tensor, how: str, norm: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """An encoder's tokens (B, N, D) as one vector per clip, `how` one of POOLINGS: "mean+fc_norm", `norm`
+    (a mean-pooling classifier's fc_norm) of the token mean, (B, D); "mean", the token mean, (B, D); "token0",
+    the first token, (B, D); "none", every token, (B, N * D)."""
+    if how == "mean+fc_norm":
+        if norm is None:
+            raise ValueError('pooling "mean+fc_norm" needs the norm (a classifier\'s fc_norm)')
+        return norm(tokens.mean(1))
+    if how == "mean":
+        return tokens.mean(1)
+    if how == "token0":
+        return tokens[:, 0]
+    if how == "none":
+        return tokens.flatten(1)
+    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {how!r}")

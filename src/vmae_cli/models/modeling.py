@@ -22,7 +22,9 @@ from .layers import (
     Layer,
     SelfAttention,
     Stack,
+    classifier_pooling,
     drop_path_rates,
+    pool,
     sinusoid_table,
 )
 from .loading import PretrainedMixin
@@ -330,15 +332,15 @@ class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
         )  # eps 1e-5, as transformers
         self.head_dropout = nn.Dropout(head_dropout)  # no parameters: absent from checkpoints
         self.classifier = nn.Linear(D, L) if L > 0 else nn.Identity()
+        self.pooling = classifier_pooling(config)  # "mean+fc_norm" or "token0": see layers.pool
         self.init_weights()
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The pooled vector the classifier sees: (B, D)."""
-        seq = self.videomae(
+        enc = self.videomae(
             pixel_values, output_attentions=False, output_hidden_states=False, return_dict=True
         )
-        seq = seq.last_hidden_state
-        return self.fc_norm(seq.mean(1)) if self.fc_norm is not None else seq[:, 0]
+        return pool(enc.last_hidden_state, self.pooling, self.fc_norm)
 
     def forward(
         self,
@@ -354,8 +356,7 @@ class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
         enc = self.videomae(
             pixel_values, output_attentions=attentions, output_hidden_states=hidden, return_dict=True
         )
-        seq = enc.last_hidden_state
-        pooled = self.fc_norm(seq.mean(1)) if self.fc_norm is not None else seq[:, 0]
+        pooled = pool(enc.last_hidden_state, self.pooling, self.fc_norm)
         logits = self.classifier(self.head_dropout(pooled))
         loss = None if labels is None else classification_loss(logits, labels, self.config)
         out = ImageClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
