@@ -350,16 +350,16 @@ class VideoMAEForVideoClassification(VideoMAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ):
-        attentions, hidden, return_dict = self._output_flags(
-            output_attentions, output_hidden_states, return_dict
-        )
+        # the flags as given, None included (the encoder reads it from the config), as transformers does
         enc = self.videomae(
-            pixel_values, output_attentions=attentions, output_hidden_states=hidden, return_dict=True
-        )
+            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )  # fmt: skip
         pooled = pool(enc.last_hidden_state, self.pooling, self.fc_norm)
         logits = self.classifier(self.head_dropout(pooled))
         loss = None if labels is None else classification_loss(logits, labels, self.config)
         out = ImageClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
+        _, _, return_dict = self._output_flags(None, None, return_dict)
         return out if return_dict else out.to_tuple()
 
 
