@@ -1,7 +1,7 @@
 """`vmae convert`: original VideoMAE, VideoMAEv2 and transformers checkpoints -> HF folders, safely and faithfully.
 
 Source checkpoints are built here from tiny random models, renamed to the original layout by the documented
-key names (independently of vmae_cli.convert.build), and saved the way the original training scripts save them.
+key names (independently of vmae_cli.convert), and saved the way the original training scripts save them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import transformers
 from safetensors.torch import load_file
 
 from vmae_cli import VideoMAEForPreTraining, VideoMAEForVideoClassification, VideoMAEModel
-from vmae_cli.convert.build import ConversionError, convert_checkpoint, load_labels
+from vmae_cli.convert.build import convert_checkpoint, load_labels
+from vmae_cli.convert.layouts import ConversionError
 from vmae_cli.convert.reference import reference_forward
 from vmae_cli.errors import CheckpointError, UsageError
 from vmae_cli.models.masking import tube_mask
@@ -227,12 +228,12 @@ def test_unsupported_checkpoints_are_refused_clearly(tmp_path):
     with pytest.raises(ConversionError, match="cosine attention"):
         convert_checkpoint(tmp_path / "cos.pth", tmp_path / "out")
     torch.save({"model": original}, tmp_path / "plain.pth")
-    with pytest.raises(UsageError, match="--heads"):  # width 64 is no standard ViT
+    with pytest.raises(UsageError, match="pass `heads`"):  # width 64 is no standard ViT
         convert_checkpoint(tmp_path / "plain.pth", tmp_path / "out")
     with pytest.raises(ConversionError, match="no patch embedding"):
         torch.save({"model": {"foo.weight": torch.zeros(2)}}, tmp_path / "other.pth")
         convert_checkpoint(tmp_path / "other.pth", tmp_path / "out")
-    with pytest.raises(ConversionError, match="--from hf"):
+    with pytest.raises(ConversionError, match="`source` hf, but"):
         convert_checkpoint(tmp_path / "plain.pth", tmp_path / "out", source="hf", heads=4)
     assert not (tmp_path / "out").exists()
 
@@ -283,7 +284,7 @@ def test_destination_is_written_whole_or_not_at_all(tmp_path):
     torch.save(training_checkpoint(to_original(hf_state), num_frames=4, input_size=32), tmp_path / "c.pth")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
-    with pytest.raises(UsageError, match="--force"):
+    with pytest.raises(UsageError, match="pass `force` to replace it"):
         convert_checkpoint(tmp_path / "c.pth", tmp_path / "out", heads=4)
     with pytest.raises(ConversionError, match="verification failed"):  # the eps difference alone exceeds 0
         convert_checkpoint(

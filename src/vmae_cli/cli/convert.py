@@ -66,7 +66,7 @@ def convert(
 
     Pickles are read with weights_only (tensors and argparse.Namespace only): a file that would run code is refused.
     """
-    from ..convert.build import convert_checkpoint
+    from ..convert.build import convert_checkpoint, given_by
     from .ui import print_json
 
     result = convert_checkpoint(
@@ -83,8 +83,8 @@ def convert(
     what = {"pretraining": "pre-training model (encoder + decoder)", "encoder": "encoder",
             "classifier": f"classifier with {c['num_labels']} labels"}[result.layout]  # fmt: skip
     typer.echo(f"detected: {names[result.source]} {what}; {shape}", err=True)
-    guessed = [f"{k} from {v}" for k, v in result.origins.items() if v not in ("--heads", "--decoder-heads")
-               and not v.startswith("--num-frames")]  # fmt: skip
+    given = {given_by("heads"), given_by("decoder_heads"), given_by("num_frames", "image_size")}
+    guessed = [f"{k} from {v}" for k, v in result.origins.items() if v not in given]
     if guessed:
         typer.echo("inferred: " + "; ".join(guessed), err=True)
     for note in result.notes:

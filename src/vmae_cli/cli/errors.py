@@ -11,6 +11,7 @@ FLAGS: dict[str, str] = {
     "data.flip=False": "--no-flip",
     "input_format": "--live-format",
     "label_map": "--labels",
+    "source": "--from",  # convert's source layout (`from` is a Python keyword)
     "mask.ratio": "--set mask.ratio",  # a recipe key: set with --set KEY=VALUE
     "optim.clip_grad": "--set optim.clip_grad",
 }

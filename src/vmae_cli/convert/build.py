@@ -1,67 +1,52 @@
 """Foreign VideoMAE checkpoints -> a model folder in the Hugging Face layout (`vmae convert`).
 
-Sources, detected from their keys (`source=` forces one):
-- original: MCG-NJU/VideoMAE pre-training (`encoder.`/`decoder.`, `encoder_to_decoder`, `mask_token`) and
-  fine-tuning (`blocks.N.`, `fc_norm`, `head`) checkpoints, under `model`/`module` (DeepSpeed) wrappers;
-- v2: OpenGVLab/VideoMAEv2, the same key names plus optional layer scale (`gamma_1`/`gamma_2`), folded here
-  into the linear layer before it (exact); cosine attention (`attn.scale`) has no HF form and is refused;
-- hf: a transformers `pytorch_model.bin` / safetensors (4.x or 5.x names), with its config.json if beside it.
-
-Pickles are read with `torch.load(weights_only=True)`, allowing only `argparse.Namespace` (the `args` that
-original checkpoints carry). The config comes from tensor shapes; LayerNorm eps is the original's 1e-6
-(transformers hard-codes 1e-5 for `fc_norm` and `decoder.norm`: outputs differ from the original by ~1e-5).
+The layout is read and renamed by layouts.py (`source=` forces original, v2 or hf); here the config is
+inferred from tensor shapes, class names attached, and the folder written whole (verified first if asked).
+LayerNorm eps is the original's 1e-6 (transformers hard-codes 1e-5 for `fc_norm` and `decoder.norm`: outputs
+differ from the original by ~1e-5).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
-import re
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, UsageError, VmaeError, listing
+from ..errors import UsageError, VmaeError, listing, option, spell
 from ..files import atomic_folder
-from ..hub import CONFIG_NAME, PREPROCESSOR_NAME
 from ..models.config import VideoMAEConfig
 from ..models.labelsets import LABEL_SETS, LABELS_DIR
 from ..models.loading import normalize_keys
-from ..models.modeling import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, MODEL_CLASSES, sinusoid_table
-from .reference import BLOCK_NAMES as _BLOCK_NAMES
+from ..models.modeling import MODEL_CLASSES
+from ..models.targets import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from .layouts import (
+    ARCHITECTURES,
+    ConversionError,
+    check_position_table,
+    detect_source,
+    layout_of,
+    original_to_hf,
+    read_checkpoint,
+)
 from .reference import ORIGINAL_EPS, hf_to_original, verify
-
-log = logging.getLogger(__name__)
 
 SOURCES = ("original", "v2", "hf")
 DEFAULT_FRAMES, DEFAULT_IMAGE = 16, 224
 HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}  # ViT-S/B/L/H/g
 DECODER_HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 640: 8}  # pre-training decoders of S/B/L(v2 H, g)/H
-WRAPPERS = ("model", "module", "state_dict")
-PREFIXES = ("module.", "_orig_mod.", "backbone.")  # DDP, torch.compile, detection/mmaction wrappers
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "mp_rank_00_model_states.pt")
 TOLERANCE = 1e-4
 
-
-class ConversionError(VmaeError):
-    """A checkpoint that cannot be brought into the Hugging Face layout faithfully."""
-
-
-@dataclass
-class SourceCheckpoint:
-    """What a source file holds: a flat state dict, the training run's `args`, an HF config if one is beside it."""
-
-    path: Path
-    state: dict[str, torch.Tensor]
-    args: dict[str, Any] = field(default_factory=dict)
-    config: VideoMAEConfig | None = None
-    preprocessor: dict | None = None
-    stripped: list[str] = field(default_factory=list)
+# heads parameter -> (config field, width -> standard heads, where such a guess comes from, an odd width)
+_HEADS = {
+    "heads": ("num_attention_heads", HEADS_BY_WIDTH, "standard ViT for this width",
+              "hidden size {} is not a standard ViT width"),
+    "decoder_heads": ("decoder_num_attention_heads", DECODER_HEADS_BY_WIDTH, "standard decoder for this width",
+                      "decoder width {} is not a standard one"),
+}  # fmt: skip
 
 
 @dataclass
@@ -72,7 +57,7 @@ class ConversionResult:
     layout: str  # pretraining | classifier | encoder
     architecture: str
     config: dict[str, Any]
-    origins: dict[str, str]  # where each inferred value came from
+    origins: dict[str, str]  # where each value came from: a guess, or the parameter that gave it
     tensors: int
     parameters: int
     folded_layer_scale: int = 0  # blocks whose gamma_1/gamma_2 were folded
@@ -85,240 +70,10 @@ class ConversionResult:
         return asdict(self)
 
 
-# ---- reading ---------------------------------------------------------------------------------------------
-def read_checkpoint(src: str | os.PathLike) -> SourceCheckpoint:
-    """Read a .pth/.pt/.bin/.safetensors file, or the weights of a folder, without running any pickled code."""
-    path = Path(src).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{src}: no such file or folder")
-    folder = path if path.is_dir() else path.parent
-    files = _weight_files(path) if path.is_dir() else [path]
-    obj: dict[str, Any] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            from safetensors import SafetensorError
-            from safetensors.torch import load_file
-
-            try:
-                obj.update(load_file(file))
-            except (SafetensorError, OSError, ValueError) as e:
-                raise CheckpointError(f"{file}: damaged or not a safetensors file ({e})") from None
-        else:
-            loaded = _safe_torch_load(file)
-            if not isinstance(loaded, dict):
-                raise CheckpointError(f"{file}: holds a {type(loaded).__name__}, not a dict of weights")
-            obj.update(loaded)
-    state, args = _unwrap(obj, path)
-    state, stripped = strip_prefixes(state)
-    config = preprocessor = None
-    if (folder / CONFIG_NAME).is_file() and (path.is_dir() or path.suffix in (".bin", ".safetensors")):
-        try:
-            config = VideoMAEConfig.from_json_file(folder / CONFIG_NAME)
-        except VmaeError:
-            config = None  # not a VideoMAE config.json: infer from the shapes instead
-        if config is not None and (folder / PREPROCESSOR_NAME).is_file():
-            preprocessor = json.loads((folder / PREPROCESSOR_NAME).read_text())
-    return SourceCheckpoint(path, state, args, config, preprocessor, stripped)
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return [folder / name]
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (folder / index).is_file():
-            names = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            return [folder / n for n in names]
-    found = sorted(p for p in folder.iterdir() if p.suffix in (".pth", ".pt", ".bin", ".safetensors"))
-    if len(found) == 1:
-        return found
-    what = (
-        "no weight file"
-        if not found
-        else f"{len(found)} weight files ({', '.join(p.name for p in found[:4])})"
-    )
-    raise CheckpointError(f"{folder}: {what}; pass the checkpoint file itself")
-
-
-def _safe_torch_load(file: Path) -> Any:
-    """torch.load(weights_only=True) plus `argparse.Namespace` (the `args` of original checkpoints), nothing else."""
-    import pickle
-
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(
-            f"{file}: refused: the pickle would build objects other than tensors{what}, which could run code; "
-            "vmae reads only tensors and argparse.Namespace. Re-save the state dict alone in a trusted environment"
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError) as e:
-        detail = "not a pickle" if isinstance(e, KeyError) else str(e).splitlines()[0]  # text: KeyError(byte)
-        raise CheckpointError(f"{file}: damaged or not a PyTorch checkpoint ({detail})") from None
-
-
-def _unwrap(obj: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    args = obj.get("args")
-    args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, dict) else {}
-    state = obj
-    for key in WRAPPERS:
-        if isinstance(obj.get(key), dict) and obj[key]:
-            state = obj[key]
-            break
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if bad or not state:
-        raise CheckpointError(
-            f"{path}: no state dict of tensors found (top-level keys: {', '.join(map(str, list(obj)[:8]))}); "
-            f"expected the weights under one of {', '.join(WRAPPERS)} or at the top level"
-        )
-    return dict(state), args
-
-
-def strip_prefixes(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Strip each wrapper prefix that every key carries, each at most once (`module._orig_mod.` -> ``)."""
-    stripped: list[str] = []
-    while True:
-        prefix = next(
-            (p for p in PREFIXES if p not in stripped and all(k.startswith(p) for k in state)), None
-        )
-        if prefix is None:
-            return state, stripped
-        state = {k[len(prefix) :]: v for k, v in state.items()}
-        stripped.append(prefix)
-
-
-# ---- detection -------------------------------------------------------------------------------------------
-def detect_source(state: dict[str, torch.Tensor], args: dict[str, Any] | None = None) -> str:
-    """`hf`, `v2` or `original`, from sentinel keys (v2 only where something v2-specific is present)."""
-    keys = list(state)
-    if any(".attention.attention." in k or "patch_embeddings.projection" in k for k in keys):
-        return "hf"
-    if not any(k.endswith("patch_embed.proj.weight") for k in keys):
-        raise ConversionError(
-            "not a VideoMAE checkpoint: no patch embedding (patch_embed.proj.weight or "
-            f"embeddings.patch_embeddings.projection.weight); first keys: {', '.join(keys[:5])}"
-        )
-    v2_args = {"num_sample", "with_checkpoint", "decoder_mask_type", "decoder_mask_ratio"}
-    if any(k.endswith(".attn.scale") for k in keys) or v2_args & set(args or {}):
-        return "v2"
-    return "original"
-
-
-def layout_of(hf_state: dict[str, torch.Tensor]) -> str:
-    if "encoder_to_decoder.weight" in hf_state:
-        return "pretraining"
-    return "classifier" if "classifier.weight" in hf_state else "encoder"
-
-
-ARCHITECTURES = {
-    "pretraining": "VideoMAEForPreTraining",
-    "classifier": "VideoMAEForVideoClassification",
-    "encoder": "VideoMAEModel",
-}
-
-
-# ---- original / v2 -> transformers names -----------------------------------------------------------------
-def original_to_hf(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Rename an original (v1/v2) state dict to transformers' on-disk names.
-
-    Returns the new state dict and what was changed on the way: `folded` (blocks whose layer scale was
-    folded), `dropped` (keys with no HF counterpart that cost nothing: fixed position tables, key biases),
-    `tables` (the position tables found, to be checked against the sinusoid).
-    """
-    pretraining = any(k.startswith(("decoder.", "encoder_to_decoder.")) or k == "mask_token" for k in state)
-    enc = "encoder." if pretraining or all(k.startswith("encoder.") for k in state) else ""
-    out_enc = "videomae." if pretraining or "head.weight" in state else ""
-    top = {
-        f"{enc}patch_embed.proj.weight": f"{out_enc}embeddings.patch_embeddings.projection.weight",
-        f"{enc}patch_embed.proj.bias": f"{out_enc}embeddings.patch_embeddings.projection.bias",
-        f"{enc}norm.weight": f"{out_enc}layernorm.weight",
-        f"{enc}norm.bias": f"{out_enc}layernorm.bias",
-        "fc_norm.weight": "fc_norm.weight", "fc_norm.bias": "fc_norm.bias",
-        "head.weight": "classifier.weight", "head.bias": "classifier.bias",
-    }  # fmt: skip
-    if pretraining:
-        for name in ("encoder_to_decoder.weight", "mask_token", "decoder.norm.weight", "decoder.norm.bias",
-                     "decoder.head.weight", "decoder.head.bias"):  # fmt: skip
-            top[name] = name
-    block_re = re.compile(rf"^(?:{re.escape(enc)}(blocks)|(decoder\.blocks))\.(\d+)\.(.+)$")
-    out: dict[str, torch.Tensor] = {}
-    blocks: dict[str, dict[str, torch.Tensor]] = {}
-    info: dict[str, Any] = {"folded": 0, "dropped": [], "tables": {}}
-    unknown = []
-    for key, value in state.items():
-        value = value.to(torch.float32) if value.is_floating_point() else value
-        m = block_re.match(key)
-        if m and (m.group(1) or pretraining):
-            dest = (
-                f"{out_enc}encoder.layer.{m.group(3)}."
-                if m.group(1)
-                else f"decoder.decoder_layers.{m.group(3)}."
-            )
-            blocks.setdefault(dest, {})[m.group(4)] = value
-        elif key in top:
-            out[top[key]] = value.clone()
-        elif key == f"{enc}pos_embed" or (pretraining and key == "pos_embed"):
-            info["tables"]["decoder" if key == "pos_embed" and pretraining else "encoder"] = value
-            info["dropped"].append(key)
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ConversionError(
-            f"keys with no counterpart in transformers' VideoMAE: {listing(unknown)}; "
-            "is this a VideoMAE checkpoint (no CLS token, no learned extras)?"
-        )
-    for dest, parts in blocks.items():
-        converted, folded, dropped = _convert_block(parts, dest)
-        out.update({dest + k: v for k, v in converted.items()})
-        info["folded"] += folded
-        info["dropped"] += dropped
-    return out, info
-
-
-def _convert_block(
-    parts: dict[str, torch.Tensor], where: str
-) -> tuple[dict[str, torch.Tensor], bool, list[str]]:
-    p = dict(parts)
-    if "attn.scale" in p:
-        raise ConversionError(
-            f"uses cosine attention (VideoMAEv2 cos_attn: a learned attn.scale in {where.rstrip('.')}); "
-            "transformers' VideoMAE has scaled dot-product attention only, so it cannot be converted faithfully"
-        )
-    if "attn.qkv.weight" not in p:
-        raise ConversionError(f"{where.rstrip('.')}: no attn.qkv.weight; not a VideoMAE block")
-    qkv = p.pop("attn.qkv.weight")
-    D = qkv.shape[1]
-    if qkv.shape[0] != 3 * D:
-        raise ConversionError(
-            f"attn.qkv.weight {tuple(qkv.shape)}: attention width differs from the model width"
-        )
-    out = {
-        "attention.attention.query.weight": qkv[:D].clone(),
-        "attention.attention.key.weight": qkv[D : 2 * D].clone(),
-        "attention.attention.value.weight": qkv[2 * D :].clone(),
-    }
-    dropped = []
-    if (
-        "attn.qkv.bias" in p
-    ):  # a key bias adds q.b_k to every logit of a query: softmax ignores it, so drop it
-        b = p.pop("attn.qkv.bias")
-        p["attn.q_bias"], p["attn.v_bias"] = b[:D], b[2 * D :]
-        dropped.append(f"{where}attn.qkv.bias[key part]")
-    # Layer scale: x + g * (W h + b) == x + (diag(g) W) h + g * b, so fold g into the linear before it.
-    g1, g2 = p.pop("gamma_1", None), p.pop("gamma_2", None)
-    for gamma, linear in ((g1, "attn.proj"), (g2, "mlp.fc2")):
-        if gamma is not None:
-            p[f"{linear}.weight"] = gamma[:, None] * p[f"{linear}.weight"]
-            p[f"{linear}.bias"] = gamma * p[f"{linear}.bias"]
-    if ("attn.q_bias" in p) != ("attn.v_bias" in p):
-        raise ConversionError(f"{where.rstrip('.')}: has only one of q_bias/v_bias")
-    unknown = [k for k in p if k not in _BLOCK_NAMES]
-    if unknown:
-        raise ConversionError(f"{where.rstrip('.')}: unknown block keys {', '.join(sorted(unknown))}")
-    out.update({_BLOCK_NAMES[k]: v.clone() for k, v in p.items()})
-    return out, g1 is not None or g2 is not None, dropped
+def given_by(*params: str) -> str:
+    """The origin of a value that the caller passed: its parameter(s), spelled as this process shows them
+    (`errors.spelled`: the CLI's summary names its flags)."""
+    return "/".join(spell(option(p)) for p in params)
 
 
 # ---- config ----------------------------------------------------------------------------------------------
@@ -339,15 +94,7 @@ def infer_config(
     D, C, ts, ph, pw = embed.shape
     layer = P + "encoder.layer.0."
     origins: dict[str, str] = {}
-    if heads is None:
-        heads = HEADS_BY_WIDTH.get(D)
-        origins["num_attention_heads"] = "standard ViT for this width"
-        if heads is None:
-            raise UsageError(
-                f"hidden size {D} is not a standard ViT width ({sorted(HEADS_BY_WIDTH)}): pass --heads"
-            )
-    else:
-        origins["num_attention_heads"] = "--heads"
+    heads = _heads("heads", heads, D, origins)
     has_norm, has_fc_norm = P + "layernorm.weight" in state, "fc_norm.weight" in state
     if has_norm and has_fc_norm:
         raise ConversionError(
@@ -365,15 +112,7 @@ def infer_config(
     )  # fmt: skip
     if "encoder_to_decoder.weight" in state:
         Dd = state["encoder_to_decoder.weight"].shape[0]
-        if decoder_heads is None:
-            decoder_heads = DECODER_HEADS_BY_WIDTH.get(Dd)
-            origins["decoder_num_attention_heads"] = "standard decoder for this width"
-            if decoder_heads is None:
-                raise UsageError(
-                    f"decoder width {Dd} is not a standard one ({sorted(DECODER_HEADS_BY_WIDTH)}): pass --decoder-heads"
-                )
-        else:
-            origins["decoder_num_attention_heads"] = "--decoder-heads"
+        decoder_heads = _heads("decoder_heads", decoder_heads, Dd, origins)
         fields.update(
             decoder_hidden_size=Dd, decoder_num_attention_heads=decoder_heads,
             decoder_num_hidden_layers=_count(state, "decoder.decoder_layers."),
@@ -386,8 +125,22 @@ def infer_config(
         return VideoMAEConfig(**fields), origins
     except VmaeError as e:
         raise UsageError(
-            f"inferred an invalid config ({e}); check --heads, --num-frames, --image-size"
+            f"inferred an invalid config ({e.render(option)}); check {option('heads')}, {option('num_frames')}, "
+            f"{option('image_size')}"
         ) from None
+
+
+def _heads(param: str, given: int | None, width: int, origins: dict[str, str]) -> int:
+    """Attention heads of the encoder (`heads`) or decoder (`decoder_heads`): `given`, else the standard count for
+    this width; `origins` records which."""
+    key, by_width, standard, odd = _HEADS[param]
+    if given is not None:
+        origins[key] = given_by(param)
+        return given
+    origins[key] = standard
+    if width not in by_width:
+        raise UsageError(f"{odd.format(width)} ({sorted(by_width)}): pass {option(param)}", param=param)
+    return by_width[width]
 
 
 def _count(state: dict[str, Any], prefix: str) -> int:
@@ -398,8 +151,9 @@ def _count(state: dict[str, Any], prefix: str) -> int:
 
 
 def _frames_and_size(frames, size, args, table_length, ts, patch, origins) -> tuple[int, int]:
-    """Flags win, then the training run's args, then the stored position table's length, then 16 x 224."""
-    origins["num_frames"] = origins["image_size"] = "--num-frames/--image-size"
+    """The caller's values win, then the training run's args, then the stored position table's length, then
+    16 x 224."""
+    origins["num_frames"] = origins["image_size"] = given_by("num_frames", "image_size")
     if frames is None and isinstance(args.get("num_frames"), int):
         frames, origins["num_frames"] = args["num_frames"], "checkpoint args"
     if size is None and isinstance(args.get("input_size"), int):
@@ -413,7 +167,10 @@ def _frames_and_size(frames, size, args, table_length, ts, patch, origins) -> tu
                 frames = frames or DEFAULT_FRAMES
                 size, origins["image_size"] = int(side) * patch, "pos_embed length"
         if frames is None or size is None:
-            raise UsageError(f"pos_embed has {table_length} positions: pass --num-frames and --image-size")
+            raise UsageError(
+                f"pos_embed has {table_length} positions: pass {option('num_frames')} and {option('image_size')}",
+                param="num_frames" if frames is None else "image_size",
+            )
     if frames is None:
         frames, origins["num_frames"] = DEFAULT_FRAMES, "default"
     if size is None:
@@ -421,44 +178,33 @@ def _frames_and_size(frames, size, args, table_length, ts, patch, origins) -> tu
     return frames, size
 
 
-def check_position_table(table: torch.Tensor, name: str) -> None:
-    """A stored pos_embed must be the fixed sinusoid (recomputed from the config); a learned one is refused."""
-    n, d = table.shape[-2:]
-    expected = sinusoid_table(n, d).to(table.dtype).float()
-    diff = (table.reshape(n, d).float() - expected).abs().max().item()
-    if diff > 1e-5:
-        raise ConversionError(
-            f"{name} is learned (it differs from the fixed sinusoid table by up to {diff:.3g}); transformers' "
-            "VideoMAE only has the fixed table, so this checkpoint cannot be converted faithfully"
-        )
-
-
 # ---- labels ----------------------------------------------------------------------------------------------
 def load_labels(spec: str, num_outputs: int) -> dict[int, str]:
     """`k400`, `ssv2` (bundled lists), or a file: one label per line, or JSON (id2label, label2id or a list)."""
-    if spec in LABEL_SETS:
-        path = LABELS_DIR / f"{spec}.json"
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise UsageError(f"--labels {spec}: not one of {', '.join(LABEL_SETS)}, and no such file")
+    path = LABELS_DIR / f"{spec}.json" if spec in LABEL_SETS else Path(spec).expanduser()
+    named, fields = f"{option('labels')} {spec}", {"param": "labels", "value": spec, "path": path}
+    if spec not in LABEL_SETS and not path.is_file():
+        raise UsageError(
+            f"{named}: not one of {', '.join(LABEL_SETS)}, and no such file", allowed=LABEL_SETS, **fields
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" or text.lstrip()[:1] in ("{", "["):
         try:
             labels = _json_labels(json.loads(text))
         except (ValueError, TypeError) as e:
-            raise UsageError(f"--labels {spec}: not a label list ({e})") from None
+            raise UsageError(f"{named}: not a label list ({e})", **fields) from None
     else:
         lines = text.rstrip("\n").split("\n")
         if any(not line.strip() for line in lines):
-            raise UsageError(f"--labels {spec}: has an empty line; expected one label per line")
+            raise UsageError(f"{named}: has an empty line; expected one label per line", **fields)
         labels = dict(enumerate(line.strip() for line in lines))
     if num_outputs == 0:
-        raise UsageError("--labels given, but this checkpoint has no classifier head")
+        raise UsageError(f"{option('labels')} given, but this checkpoint has no classifier head", **fields)
     if len(labels) != num_outputs:
         raise UsageError(
-            f"--labels {spec}: {len(labels)} labels, but the classifier head has {num_outputs} outputs"
-        )
+            f"{named}: {len(labels)} labels, but the classifier head has {num_outputs} outputs",
+            allowed=f"{num_outputs} labels", **fields,
+        )  # fmt: skip
     return labels
 
 
@@ -491,9 +237,15 @@ def convert_checkpoint(
     tolerance: float = TOLERANCE,
     force: bool = False,
 ) -> ConversionResult:
-    """Convert `src` into the model folder `dst` (written whole or not at all); `check` runs --verify first."""
+    """Convert `src` into the model folder `dst` (written whole or not at all). With `check`, the written model
+    is first compared with the original forward, and nothing is written if they differ by more than `tolerance`."""
     if source is not None and source not in SOURCES:
-        raise UsageError(f"--from {source}: choose one of {', '.join(SOURCES)}")
+        raise UsageError(
+            f"{option('source')} {source}: choose one of {', '.join(SOURCES)}",
+            param="source",
+            value=source,
+            allowed=SOURCES,
+        )
     dst = Path(dst)
     _check_destination(dst, force)
     ckpt = read_checkpoint(src)
@@ -504,12 +256,14 @@ def convert_checkpoint(
         hf_state = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v
                     for k, v in normalize_keys(ckpt.state).items()}  # fmt: skip
         if detected != "hf":
-            raise ConversionError(f"{src}: --from hf, but the keys are in the {detected} layout")
+            raise ConversionError(f"{src}: {option('source')} hf, but the keys are in the {detected} layout")
         info: dict[str, Any] = {"folded": 0, "dropped": [], "tables": {}}
         original = None
     else:
         if detected == "hf":
-            raise ConversionError(f"{src}: --from {source}, but the keys are transformers' (use --from hf)")
+            raise ConversionError(
+                f"{src}: {option('source')} {source}, but the keys are transformers' (use {option('source')} hf)"
+            )
         original = ckpt.state
         hf_state, info = original_to_hf(original)
     for name, table in info["tables"].items():
@@ -540,7 +294,7 @@ def convert_checkpoint(
         config = config.replace(id2label={i: f"LABEL_{i}" for i in range(num_outputs)})
         origins["labels"] = "generic names LABEL_i"
         data_set = ckpt.args.get("data_set")
-        notes.append("class names are LABEL_i: pass --labels k400|ssv2|FILE for real names"
+        notes.append(spell(f"class names are LABEL_i: pass {option('labels')} k400|ssv2|FILE for real names")
                      + (f" (the training run's args say data_set={data_set})" if data_set else ""))  # fmt: skip
     if source != "hf":
         notes.append("LayerNorm eps 1e-6 as the original; transformers fixes fc_norm/decoder.norm at 1e-5 (~1e-5 "
@@ -582,9 +336,14 @@ def convert_checkpoint(
 
 def _check_destination(dst: Path, force: bool) -> None:
     if dst.exists() and not dst.is_dir():
-        raise UsageError(f"{dst}: exists and is not a folder")
+        raise UsageError(f"{dst}: exists and is not a folder", param="dst", value=str(dst), path=dst)
     if dst.is_dir() and any(dst.iterdir()) and not force:
-        raise UsageError(f"{dst}: folder exists and is not empty; pass --force to replace it")
+        raise UsageError(
+            f"{dst}: folder exists and is not empty; pass {option('force')} to replace it",
+            param="dst",
+            value=str(dst),
+            path=dst,
+        )
 
 
 def _build(architecture: str, config: VideoMAEConfig, state: dict[str, torch.Tensor], source: str):
@@ -630,15 +389,7 @@ def _config_summary(config: VideoMAEConfig, layout: str) -> dict[str, Any]:
         "tubelet_size", "num_frames", "image_size", "qkv_bias", "use_mean_pooling", "layer_norm_eps")}  # fmt: skip
     out["num_labels"] = config.num_labels
     if layout == "pretraining":
-        out.update(
-            {
-                k: getattr(config, k)
-                for k in (
-                    "decoder_hidden_size",
-                    "decoder_num_hidden_layers",
-                    "decoder_num_attention_heads",
-                    "decoder_intermediate_size",
-                )
-            }
-        )
+        decoder = ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+                   "decoder_intermediate_size")  # fmt: skip
+        out.update({k: getattr(config, k) for k in decoder})
     return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}

@@ -1,7 +1,8 @@
 """The original MCG-NJU/VideoMAE layout: its key names, and an independent forward written on them.
 
-`vmae convert --verify` runs this forward on the source checkpoint and the converted model on the same clip;
-it shares no code with models/modeling.py, so a renaming mistake cannot hide in both.
+A verified conversion (`convert_checkpoint(check=True)`) runs this forward on the source checkpoint and the
+converted model on the same clip; it shares no code with models/modeling.py, so a renaming mistake cannot hide
+in both.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ BLOCK_NAMES = {  # original block suffix -> transformers layer suffix
 
 
 def hf_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers names -> original names (for `--verify` of an hf source against the original forward)."""
+    """transformers names -> original names (to verify a converted hf source against the original forward)."""
     state = normalize_keys(state)
     pretraining = "encoder_to_decoder.weight" in state
     enc = "encoder." if pretraining else ""
@@ -72,7 +73,7 @@ def reference_forward(
     encoder tokens (B, N, D).
     """
     pre = "encoder." if "encoder.patch_embed.proj.weight" in state else ""
-    from ..models.modeling import ACTIVATIONS
+    from ..models.activations import ACTIVATIONS
 
     act = ACTIVATIONS[cfg.hidden_act]  # the original's gelu; a transformers source may name another
     w = state[pre + "patch_embed.proj.weight"]

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from .activations import ACTIVATIONS  # noqa: F401 - convert/reference.py imports it from here
 from .config import VideoMAEConfig
 from .layers import (
     Embeddings,
@@ -34,9 +33,7 @@ from .outputs import (  # noqa: F401 - ModelOutput re-exported: vmae_cli.models.
     ModelOutput,
     VideoMAEForPreTrainingOutput,
 )
-from .targets import (  # noqa: F401 - the ImageNet statistics: convert/build.py imports them from here
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
+from .targets import (
     ShapeError,
     patchify,
     pretraining_targets,
