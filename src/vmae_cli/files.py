@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UsageError, VmaeError
+from .errors import UsageError, VmaeError, option
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -47,10 +47,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
         yield tmp
-        for f in tmp.iterdir():  # on disk before the rename makes the folder visible
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
+        _fsync_files(tmp)  # on disk before the rename makes the folder visible
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # first: the room it took is free again
         raise
@@ -65,6 +62,31 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     _fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_files(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` in which to write the file of that name and any that go with it
+    (ONNX's external data); on success each is synced to disk and renamed beside `path`, `path` itself last, on
+    error all are removed. Each file appears whole or not at all, and `path` only once the files it needs are
+    there. The temporary name is `.NAME.XXXX.tmp`, as for `atomic_folder`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield work
+        _fsync_files(work)
+        for name in sorted(os.listdir(work), key=lambda n: n == path.name):
+            os.replace(work / name, path.parent / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _fsync_files(folder: Path) -> None:
+    for f in folder.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -196,7 +218,9 @@ def exclusive_lock(target: str | Path) -> Iterator[None]:
             os.close(fd)
             raise OutputLocked(
                 f"{target} is being written by another vmae run{f' (pid {owner})' if owner.isdigit() else ''}; "
-                "wait for it to finish, or choose another --out"
+                f"wait for it to finish, or choose another {option('out')}",
+                param="out",
+                value=str(target),
             ) from None
         try:  # the file may have been removed (by its last owner) between our open and our lock
             same = os.path.samestat(os.fstat(fd), os.stat(path))

@@ -19,9 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 
 from .._version import __version__
 from ..errors import UsageError, VmaeError, option
-from ..files import atomic_write_text
+from ..files import atomic_files, atomic_write_text
 from ..jsonfile import dumps
 
 log = logging.getLogger(__name__)
@@ -163,9 +161,7 @@ def export_model(
     # field) is refused here, before the export, rather than written where strict parsers choke on it.
     described = dumps(info, name=sidecar.name, ensure_ascii=True)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_files(out) as work:  # the model file and ONNX's external data, each whole, the model last
         staged = work / out.name
         dynamic = (
             {"pixel_values": {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
@@ -188,10 +184,6 @@ def export_model(
             result.verify = _verify(staged, fmt, engine, verify_clip, batches, tolerance, fp32)
             info["verify"] = result.verify
         atomic_write_text(sidecar, dumps(info, name=sidecar.name, indent=2, ensure_ascii=True) + "\n")
-        for name in sorted(os.listdir(work), key=lambda n: n == out.name):  # external data first, model last
-            os.replace(work / name, out.parent / name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
