@@ -1,6 +1,6 @@
 """vmae: VideoMAE for classifying, embedding, pre-training, fine-tuning and converting video models.
 
-The public names load lazily, so `import vmae_cli` (and `vmae --help`) does not import torch.
+The public names load lazily, so `import vmae_cli` (and the CLI's help) does not import torch.
 """
 
 from ._version import __version__

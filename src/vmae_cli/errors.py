@@ -4,8 +4,8 @@ Every expected failure derives from `VmaeError`; its message is written for a pe
 Anything else reaching the CLI is a bug and keeps its traceback under VMAE_DEBUG=1.
 
 The library speaks of its own parameters, never of command-line flags: a message names a parameter with
-`option("dtype")`, which reads `dtype` to a Python caller and `--dtype` (or whatever cli/errors.py maps it to)
-to a user of the command line.
+`option("dtype")`, which reads `dtype` to a Python caller and, to a user of the command line, the flag that
+cli/errors.py spells for it (its name with dashes, or what its table maps it to).
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ class UsageError(VmaeError, ValueError):
 class CheckpointError(VmaeError):
     """A model reference that cannot be resolved or loaded (missing, damaged, the wrong kind of model).
 
-    The run cannot start, so the exit code is 2, as for usage errors: a script tells a typo in --model
-    from inputs that failed (1).
+    The run cannot start, so the exit code is 2, as for usage errors: a script tells a mistyped model
+    reference from inputs that failed (1).
     """
 
 

@@ -1,8 +1,8 @@
 """Live input: classify a stream window by window as it comes, dropping frames rather than falling behind.
 
-    source --decoding thread--> FrameRing (the newest few seconds of decoded frames; older ones fall out)
-           --model thread: the latest complete window--> clips sampled as a timeline samples a window
-           --iter_views + Engine.forward--> one record per window
+    source ==decoding thread==> FrameRing (the newest few seconds of decoded frames; older ones fall out)
+           ==model thread: the latest complete window==> clips sampled as a timeline samples a window
+           ==iter_views + Engine.forward==> one record per window
 
 A source is anything FFmpeg opens: a network URL (rtsp, http(s), udp, tcp, srt...), a capture device
 (/dev/video0 through v4l2; avfoundation or dshow names with `input_format`), or `-` for a pipe on stdin.

@@ -1,8 +1,8 @@
 """The one path from a video file to model input, shared by the CLI, inference and training.
 
-    path --VideoReader--> exact frame count --SamplingSpec (or a timeline plan)--> indices (clips, T)
-         --get_frames (the union of the clips' frames, in as few passes as memory allows)--> uint8
-         --Preprocessor--> (views, T, 3, S, S), streamed in chunks
+    path ==VideoReader==> exact frame count ==SamplingSpec (or a timeline plan)==> indices (clips, T)
+         ==get_frames (the union of the clips' frames, in as few passes as memory allows)==> uint8
+         ==Preprocessor==> (views, T, 3, S, S), streamed in chunks
 
 Views are ordered clip-major: view v is clip v // crops, crop v % crops.
 """
