@@ -206,3 +206,23 @@ def test_start_up_modules_do_not_import_torch(module):
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0, (
         f"{module} imports torch"
     )
+
+
+def test_the_readme_layout_names_every_module():
+    """README's layout section stays true: each module of the package is named under its folder there."""
+    readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    tree = readme[readme.index("Layout: `src/vmae_cli/`") :].split("```")[1]
+    sections = {"": ""}  # folder -> its text in the tree ("" for the package's own modules)
+    folder = ""
+    for line in tree.splitlines()[2:]:
+        head = re.match(r"  (\w+)/ ", line)
+        folder = head.group(1) if head else folder
+        sections[folder] = sections.get(folder, "") + line + "\n"
+    missing = [
+        str(rel)
+        for rel in (p.relative_to(PACKAGE) for p in PACKAGE.rglob("*.py"))
+        if not rel.name.startswith("__")
+        and rel.stem != "_version"
+        and not re.search(rf"(?<![\w/])\b{rel.stem}\b", sections.get(str(rel.parent).strip("."), ""))
+    ]
+    assert missing == []
