@@ -163,3 +163,51 @@ def test_torch_loads_with_threads_that_sleep_unless_the_user_says_otherwise(clas
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert f"OMP_WAIT_POLICY when torch loads: {expected}" in result.stderr
+
+
+EXIT_SPY = """
+import atexit, sys, threading
+atexit.register(lambda: print("atexit ran", file=sys.stderr))
+import vmae_cli.cli.app as app
+ended = app._end_process
+def spy(code):
+    print("fast exit", code, file=sys.stderr)
+    ended(code)
+app._end_process = spy
+sys.argv = ["vmae", *sys.argv[1:]]
+app.main()
+"""
+
+
+def test_the_console_command_skips_the_teardown_but_not_the_exit_work(classifier, clip, tmp_path):
+    """After torch is loaded the command ends with os._exit: atexit handlers still run, stdout is whole, the
+    exit code is the command's; a caller of main([...]) gets SystemExit as before."""
+    out = tmp_path / "preds.jsonl"
+    for args, code in (([str(clip), "--out", str(out)], 0), ([str(clip), str(tmp_path / "missing.mp4")], 1)):
+        result = subprocess.run(
+            [sys.executable, "-c", EXIT_SPY, "classify", *args, "--model", str(classifier), "--jsonl"],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == code, result.stderr
+        assert f"fast exit {code}" in result.stderr and "atexit ran" in result.stderr
+        if code == 1:
+            records = [json.loads(line) for line in result.stdout.splitlines()]
+            assert [r["ok"] for r in records] == [True, False]
+    assert json.loads(out.read_text())["ok"]
+    with pytest.raises(SystemExit) as caught:
+        from vmae_cli.cli.app import main
+
+        main(["classify", str(clip), "--model", str(classifier), "--json"])
+    assert caught.value.code == 0
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(classifier, clip):
+    """`vmae classify ... | head -c 1`: no 'Exception ignored' or traceback on stderr."""
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "vmae_cli", "classify", *[str(clip)] * 40, "--model", str(classifier), "--jsonl"],
+        stdout=reader.stdin, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    reader.stdin.close()
+    reader.wait()
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
