@@ -261,6 +261,28 @@ def test_embed_npy_rows_match_paths_and_failures_are_listed(capsys, tmp_path, co
     ]
 
 
+@pytest.mark.parametrize(("fmt", "pool", "width"), [("npy", "auto", 64), ("npz", "mean", 64),
+                                                  ("safetensors", "none", 32 * 64)])  # fmt: skip
+def test_embed_with_every_input_failed_writes_no_rows_of_the_models_width(capsys, tmp_path, corpus, classifier,
+                                                                         fmt, pool, width):  # fmt: skip
+    """A shard whose inputs all failed stacks with the others: (0, width), not (0, 0)."""
+    out = tmp_path / f"feats.{fmt}"
+    code, _, err = vmae(
+        capsys, "embed", corpus / "broken.mp4", "--model", classifier, "--out", out, "--pool", pool
+    )
+    assert code == 1 and "wrote 0 vector(s)" in err and "1 input(s) failed" in err
+    if fmt == "npy":
+        feats = np.load(out)
+    elif fmt == "npz":
+        feats = np.load(out)["embeddings"]
+    else:
+        from safetensors.numpy import load_file
+
+        feats = load_file(out)["embeddings"]
+    assert feats.shape == (0, width) and feats.dtype == np.float32
+    assert (tmp_path / "feats.paths.txt").read_text() == ""
+
+
 @pytest.mark.parametrize("fmt", ["npz", "safetensors", "jsonl"])
 def test_embed_other_formats_hold_the_same_vectors(capsys, tmp_path, corpus, classifier, fmt):
     good = [str(corpus / "v1.mp4"), str(corpus / "v2.mp4")]

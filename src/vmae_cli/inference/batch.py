@@ -222,7 +222,7 @@ class _Embed(BatchRun):
         files = RecordWriter.files(out) if fmt == "jsonl" else EmbeddingWriter.files(out)
         with claimed(out, files, self.paths, self.force):
             from .provenance import RunProvenance
-            from .tasks import checked_results, embedding, load_model  # imports torch
+            from .tasks import checked_results, embedding, embedding_width, load_model  # imports torch
 
             # What an earlier run finished, read before anything is opened for writing (a JSON Lines journal is
             # rewritten from the start), and the model loaded before a fresh journal appears (a model that
@@ -234,7 +234,9 @@ class _Embed(BatchRun):
                 self.writer = EmbeddingWriter(out, fmt, resume=True, settings=self.settings)
             self.done = self.writer.done() if self.writer is not None else set(previous)
             todo = [p for p in self.paths if p not in self.done]
-            _, engine = load_model(self.model, self.revision, self.pool, self.opts) if todo else (None, None)
+            net, engine = (
+                load_model(self.model, self.revision, self.pool, self.opts) if todo else (None, None)
+            )
             provenance = RunProvenance.of(engine, self.model) if todo and fmt == "jsonl" else None
             if self.writer is None:
                 self.writer = (RecordWriter(out, "jsonl", done=previous, settings=self.settings) if fmt == "jsonl"
@@ -262,7 +264,9 @@ class _Embed(BatchRun):
             if fmt == "jsonl":
                 self.writer.close()
             else:
-                self.written = self.writer.close(self.paths)
+                self.written = self.writer.close(
+                    self.paths, embedding_width(net.config, self.pool) if net else 0
+                )
 
 
 def classify_batch(

@@ -30,6 +30,11 @@ def embed_pooling(config) -> str:
     return "mean+fc_norm" if config.num_labels > 0 and config.use_mean_pooling else "mean"
 
 
+def embedding_width(config, pool: str) -> int:
+    """The length of one embedding with `pool`: the hidden size, or every token's values for "none"."""
+    return config.hidden_size * (config.num_patches if pool == "none" else 1)
+
+
 def classify_pooling(config) -> str | None:
     """What a classifier's head reads: fc_norm of the token mean, or token 0; None without a head."""
     from ..models.layers import classifier_pooling

@@ -381,8 +381,9 @@ class EmbeddingWriter:
         self.index[path] = entry
         self.rows += 1
 
-    def close(self, order: list[str]) -> tuple[int, int]:
-        """Write the outputs with rows in `order`; returns (rows written, failed inputs)."""
+    def close(self, order: list[str], width: int = 0) -> tuple[int, int]:
+        """Write the outputs with rows in `order`; returns (rows written, failed inputs). `width`: the length of
+        one vector, for the shape of an output without rows ((0, width), so that it stacks with other shards)."""
         import shutil
 
         from ..files import atomic_path, atomic_write_text
@@ -391,7 +392,7 @@ class EmbeddingWriter:
         self._index.close()
         ok = [p for p in order if "row" in self.index.get(p, {})]
         failed = [self.index[p] for p in order if "error" in self.index.get(p, {})]
-        shape = self.shape or [0]
+        shape = self.shape or [width]
         stored = np.memmap(self.rows_path, np.float32, "r", shape=(self.rows, *shape)) if self.rows else None
         rows = [self.index[p]["row"] for p in ok]
         with atomic_path(self.out) as tmp:
