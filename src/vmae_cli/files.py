@@ -69,7 +69,7 @@ def atomic_files(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path` in which to write the file of that name and any that go with it
     (ONNX's external data); on success each is synced to disk and renamed beside `path`, `path` itself last, on
     error all are removed. Each file appears whole or not at all, and `path` only once the files it needs are
-    there. The temporary name is `.NAME.XXXX.tmp`, as for `atomic_folder`."""
+    there. The temporary folder is named `.NAME.<random>.tmp`, as for `atomic_folder`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -72,23 +72,20 @@ DTYPES = {
 }  # fmt: skip
 
 
-def as_dtype(value: torch.dtype | str | None, default: torch.dtype = torch.float32) -> torch.dtype:
-    """A torch dtype from a dtype or its name (fp32, bf16, fp16, or torch's spelling); None: `default`."""
+def as_dtype(value: torch.dtype | str | None, default: torch.dtype = torch.float32, *,
+             also: tuple[str, ...] = ()) -> torch.dtype:  # fmt: skip
+    """A torch dtype from a dtype or its name (fp32, bf16, fp16, or torch's spelling); None: `default`.
+    `also`: other names the caller takes, for the message that refuses an unknown one."""
     if value is None:
         return default
     if isinstance(value, torch.dtype):
         return value
     if value not in DTYPES:
-        raise _unknown_dtype(value, ())
+        raise UsageError(
+            f"{option('dtype')} {value!r}: expected {', '.join((*also, 'fp32', 'bf16'))} or fp16",
+            param="dtype", value=value, allowed=(*also, *DTYPES),
+        )  # fmt: skip
     return DTYPES[value]
-
-
-def _unknown_dtype(value, extra: tuple[str, ...]) -> UsageError:
-    shown = (*extra, "fp32", "bf16")
-    return UsageError(
-        f"{option('dtype')} {value!r}: expected {', '.join(shown)} or fp16",
-        param="dtype", value=value, allowed=(*extra, *DTYPES),
-    )  # fmt: skip
 
 
 def resolve_dtype(name: str, device: torch.device, *, cpu_bf16: bool) -> torch.dtype:
@@ -101,9 +98,7 @@ def resolve_dtype(name: str, device: torch.device, *, cpu_bf16: bool) -> torch.d
         if device.type == "cpu" and cpu_bf16 and cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
-    if name not in DTYPES:
-        raise _unknown_dtype(name, ("auto",))
-    return DTYPES[name]
+    return as_dtype(name, also=("auto",))
 
 
 def default_workers() -> int:

@@ -19,7 +19,6 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..hub import cached
+from ..jsonfile import read_object
 from ..video.reader import VideoReader
 from ..video.sampling import SamplingSpec
 from .options import RunOptions, sampling_spec
@@ -119,8 +119,8 @@ class DecodedAhead:
             return None
         config_path, preprocessor_path = files
         config = VideoMAEConfig.from_json_file(config_path)
-        pre = json.loads(preprocessor_path.read_text(encoding="utf-8")) if preprocessor_path else None
-        return sampling_spec(config, pre if isinstance(pre, dict) else None, self.opts)
+        pre = read_object(preprocessor_path) if preprocessor_path else None
+        return sampling_spec(config, pre, self.opts)
 
     def _decode(self, spec: SamplingSpec) -> _AheadReader | None:
         reader = _AheadReader(self.path, **self.reader_kwargs)

@@ -20,13 +20,12 @@ import torch.nn.functional as F
 from ..errors import UsageError, option
 from ..models.config import VideoMAEConfig
 from ..models.masking import decoder_mask, tube_mask
+from ..models.targets import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # the pre-training targets un-normalise
+from ..models.targets import IMAGENET_DEFAULT_STD as IMAGENET_STD  # with these, so inputs use them
 from ..runtime import init_decode_worker
 from ..video.sampling import random_window_indices
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pre-training targets un-normalise with these, so inputs use them
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---- data order ------------------------------------------------------------------------------------------

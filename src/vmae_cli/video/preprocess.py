@@ -141,7 +141,7 @@ class Preprocessor:
             if not is_hub_id(str(ref)):
                 raise ModelNotFoundError(f"{ref}: no such file or folder")
             path = download(str(ref), PREPROCESSOR_NAME, revision)
-        return cls.from_dict(read_config(path))
+        return checked(read_object(path), path=path)
 
     def to_dict(self) -> dict:
         """The transformers 5.x form."""
@@ -297,14 +297,6 @@ def _stack(pixels: list[torch.Tensor]) -> torch.Tensor:
     if len(shapes) > 1:
         raise ValueError(f"videos of different sizes after preprocessing cannot be stacked: {sorted(shapes)}")
     return torch.stack(pixels)
-
-
-def read_config(path: str | os.PathLike, model_config=None) -> dict:
-    """A preprocessor_config.json as a dict, valid for `Preprocessor.from_dict` and, with `model_config`,
-    fitting that model's image size. Errors name the file (and the field)."""
-    d = read_object(path)
-    checked(d, model_config, path)
-    return d
 
 
 def checked(d: dict, model_config=None, path: str | os.PathLike | None = None) -> Preprocessor:
