@@ -238,6 +238,17 @@ def test_attack(capsys, tmp_path, base, attack):
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize(("text", "says"), [("{not json", "not a valid JSON file (Expecting property name"),
+                                           ("[1, 2]", "expected a JSON object, got list")])  # fmt: skip
+def test_info_refuses_a_preprocessor_config_that_is_not_an_object(capsys, tmp_path, base, text, says):
+    """`vmae info` read the file with a bare json.loads: an internal error (AttributeError, JSONDecodeError)."""
+    model, video = base
+    args = preprocessor(text)(tmp_path, model, video)
+    code, out, err = vmae_in_process(capsys, "info", args[3])
+    assert code == 2 and out == "" and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"preprocessor_config.json: {says}" in err
+
+
 def test_refusals_name_file_field_value_and_what_fits(tmp_path, base):
     """The typed error behind the messages: a program can read the fields."""
     from vmae_cli.errors import FieldError

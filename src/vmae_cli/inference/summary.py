@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..hub import resolve
+from ..jsonfile import read_object
 from ..models.config import VideoMAEConfig, preset_names
 from ..models.weights import check_config_fits_weights, read_tensor_infos
 
@@ -36,7 +36,7 @@ def model_summary(ref: str, revision: str | None = None) -> dict[str, Any]:
 
     found = resolve(ref, revision)
     config = VideoMAEConfig.from_json_file(found.config_path)
-    pre = json.loads(found.preprocessor_path.read_text()) if found.preprocessor_path else None
+    pre = read_object(found.preprocessor_path) if found.preprocessor_path else None
     arch = architecture(config)
     _check_weights(found, config, arch)
     sampling, evidence = model_sampling(config, pre)
