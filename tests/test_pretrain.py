@@ -19,7 +19,7 @@ from vmae_cli.models.config import VideoMAEConfig
 from vmae_cli.models.masking import decoder_mask, tube_mask
 from vmae_cli.models.modeling import ShapeError, VideoMAEForPreTraining
 from vmae_cli.models.targets import pretraining_targets
-from vmae_cli.training.data import EpochSampler, multi_scale_crop_box
+from vmae_cli.training.data import ClipSpec, EpochSampler, FrameCache, augmented_clips, multi_scale_crop_box
 from vmae_cli.training.parts import cosine_lr, no_weight_decay, param_groups
 from vmae_cli.training.pretrain import resolve_recipe, run_pretraining, write_png
 from vmae_cli.training.recipe import (
@@ -235,6 +235,42 @@ def test_no_flip_turns_flips_off(videos, tmp_path):
                     str(tmp_path / "r"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "flip = false" in (tmp_path / "r" / "config.toml").read_text()
+
+
+def test_frame_cache_cuts_the_windows_decoding_cuts(videos, tmp_path):
+    """Cached videos give bit-equal clips to decoding each sample anew (short and long videos, a resize to the
+    decode size, a rotated file, variable gops); a video past the budget is decoded per sample, not cached."""
+    write_video(tmp_path / "rotated.mp4", 30, size=(64, 48), rotation=90)
+    write_video(tmp_path / "long.mp4", 400, size=(80, 64), gop=50)
+    paths = [
+        *sorted(str(p) for p in videos.glob("v*.mp4")),
+        str(tmp_path / "rotated.mp4"),
+        str(tmp_path / "long.mp4"),
+    ]
+    spec = ClipSpec(frames=4, stride=3, size=32, short_side=40, num_sample=2, cache_bytes=0)
+    long_bytes = 400 * 50 * 40 * 3  # decoded at short side 40: 50x40; the others take less than half of it
+    cache = FrameCache(budget=long_bytes - 1)  # everything but the long video
+    for epoch in range(3):
+        for i, path in enumerate(paths):
+            plain = augmented_clips(path, spec, np.random.default_rng([epoch, i]))
+            cached = augmented_clips(path, spec, np.random.default_rng([epoch, i]), cache)
+            assert plain.shape == (2, 4, 3, 32, 32) and torch.equal(plain, cached), path
+    assert str(tmp_path / "long.mp4") not in cache.videos and len(cache.videos) == len(paths) - 1
+    assert cache.used == sum(v.nbytes for v in cache.videos.values()) <= cache.budget
+    broken = augmented_clips(str(videos / "broken.mp4"), spec, np.random.default_rng(0), cache)
+    assert broken["failed"][0] == str(videos / "broken.mp4")  # an unreadable file fails as without a cache
+
+
+def test_a_run_learns_the_same_with_the_frame_cache(videos, tmp_path):
+    """The cache changes the speed, never the clips: the loss curves are equal, with workers decoding."""
+    curves = []
+    for mb in (0, 64):
+        run = tmp_path / f"cache-{mb}"
+        recipe = resolve_recipe(run, "tiny", [f"data.cache_mb={mb}"],
+                                {"optim.max_steps": 6, "run.workers": 2, "run.device": "cpu", "run.log_every": 1}, False)  # fmt: skip
+        run_pretraining(recipe, str(videos), run)
+        curves.append([m["loss"] for m in _metrics(run)])
+    assert len(curves[0]) == 6 and curves[0] == curves[1]
 
 
 def test_an_existing_run_needs_resume(videos, tmp_path):

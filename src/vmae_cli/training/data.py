@@ -147,6 +147,7 @@ class ClipSpec:
     mask_ratio: float = 0.9
     decode_threads: int = 1
     decoder_ratio: float = 0.0  # VideoMAEv2 dual masking; 0 = the decoder reconstructs every masked token
+    cache_bytes: int = 0  # decoded videos kept in memory per loader process (FrameCache); 0 = none
 
     @classmethod
     def for_model(cls, data, config, mask_ratio: float, task: str, decoder_ratio: float = 0.0) -> ClipSpec:
@@ -174,8 +175,11 @@ class ClipSpec:
             except ValueError as e:
                 raise UsageError(f"mask.decoder_ratio: {e}") from None
         short = data.short_side or round(size * 320 / 224)  # the original decoded K400 at 320 for 224 crops
+        if data.cache_mb < 0:
+            raise UsageError(f"data.cache_mb must be >= 0 (0 = no cache), got {data.cache_mb}",
+                             param="data.cache_mb", value=data.cache_mb, allowed=">= 0")  # fmt: skip
         return cls(frames, data.stride, size, short, tuple(data.scales), data.flip, data.num_sample, mask_ratio,
-                   data.decode_threads, decoder_ratio)  # fmt: skip
+                   data.decode_threads, decoder_ratio, data.cache_mb << 20)  # fmt: skip
 
 
 class PretrainDataset(torch.utils.data.Dataset):
@@ -187,6 +191,7 @@ class PretrainDataset(torch.utils.data.Dataset):
 
     def __init__(self, paths: list[str], spec: ClipSpec, config: VideoMAEConfig, seed: int = 0):
         self.paths, self.spec, self.config, self.seed = paths, spec, config, seed
+        self.cache = FrameCache(spec.cache_bytes)  # filled in each loader process as it decodes
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -196,7 +201,7 @@ class PretrainDataset(torch.utils.data.Dataset):
         index, epoch, position = key
         path, spec = self.paths[index], self.spec
         rng = item_rng(self.seed, epoch, position)
-        clips = augmented_clips(path, spec, rng)
+        clips = augmented_clips(path, spec, rng, self.cache)
         if isinstance(clips, dict):
             return clips
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -213,6 +218,7 @@ class FinetuneDataset:
 
     def __init__(self, data, spec: ClipSpec, seed: int = 0):
         self.data, self.spec, self.seed = data, spec, seed
+        self.cache = FrameCache(spec.cache_bytes)  # filled in each loader process as it decodes
 
     def __len__(self) -> int:
         return len(self.data)
@@ -220,7 +226,7 @@ class FinetuneDataset:
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         index, epoch, position = key
         path, spec = self.data.paths[index], self.spec
-        clips = augmented_clips(path, spec, item_rng(self.seed, epoch, position))
+        clips = augmented_clips(path, spec, item_rng(self.seed, epoch, position), self.cache)
         if isinstance(clips, dict):
             return clips
         labels = torch.full((spec.num_sample,), self.data.labels[index], dtype=torch.long)
@@ -248,16 +254,46 @@ def run_preprocessor_config(spec) -> dict:
                         extra={"frame_sampling": sampling.to_dict()}).to_dict()  # fmt: skip
 
 
-def augmented_clips(path: str, spec, rng: np.random.Generator) -> torch.Tensor | dict:
+class FrameCache:
+    """Whole decoded videos kept in this process's memory, up to `budget` bytes: a small data set is decoded
+    once per loader process instead of once per epoch (on a few hundred short clips, decoding costs a CPU about
+    as much as the model's step). A video that would not fit in what is left is decoded per sample, as without
+    a cache. The window cut from a cached video is the one decoding it would have given, so a run learns the
+    same with or without the cache (and a resumed run with another budget too).
+    """
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self.videos = budget, 0, {}
+
+    def window(self, path: str, spec, rng: np.random.Generator) -> np.ndarray:
+        """uint8 (T, H, W, 3): the random window of `spec` (frames, stride) from `path`, at the decode size."""
+        from ..video.reader import VideoReader
+
+        whole = self.videos.get(path)
+        if whole is None:
+            with VideoReader(path, threads=spec.decode_threads) as reader:
+                count = reader.count_frames()
+                size = _decode_size(reader.width, reader.height, spec.short_side)
+                width, height = size or (reader.width, reader.height)
+                if self.used + count * width * height * 3 > self.budget:
+                    return reader.get_frames(
+                        random_window_indices(rng, count, spec.frames, spec.stride), size=size
+                    )
+                whole = reader.get_frames(np.arange(count), size=size)
+            self.videos[path] = whole
+            self.used += whole.nbytes
+        return whole[random_window_indices(rng, len(whole), spec.frames, spec.stride)]
+
+
+def augmented_clips(
+    path: str, spec, rng: np.random.Generator, cache: FrameCache | None = None
+) -> torch.Tensor | dict:
     """`spec.num_sample` augmented clips of one random window: uint8 (S, T, 3, size, size), or
     {"failed": (path, reason)} for a file that cannot be read (counted by the loop, never replaced)."""
     from ..video.errors import VideoError
-    from ..video.reader import VideoReader
 
     try:
-        with VideoReader(path, threads=spec.decode_threads) as reader:
-            idx = random_window_indices(rng, reader.count_frames(), spec.frames, spec.stride)
-            frames = reader.get_frames(idx, size=_decode_size(reader.width, reader.height, spec.short_side))
+        frames = (cache or FrameCache(0)).window(path, spec, rng)
     except (VideoError, OSError, MemoryError) as e:
         return {"failed": (path, str(e))}
     except Exception as e:  # PyAV raises many types for damaged files: all mean "this file"

@@ -83,6 +83,7 @@ class DataRecipe:
     # clips (augmentations) per decoded video: VideoMAEv2 repeated sampling; fine-tuning's repeated augmentation
     num_sample: int = 1
     decode_threads: int = 1  # FFmpeg threads per worker
+    cache_mb: int = 0  # decoded videos kept in memory, per loader process; 0 = decode every sample anew
 
 
 # ---- pre-training ----------------------------------------------------------------------------------------
@@ -325,7 +326,8 @@ def recipe_for_model(model: str, kind: str) -> str:
 
 # What a resumed run may change: where and how the loop runs, never what it learns (see RunRecipe).
 RESUMABLE_CHANGES = ("run.device", "run.workers", "run.save_every", "run.keep", "run.log_every",
-                     "run.preview_every", "run.compile", "run.gradient_checkpointing", "data.decode_threads")  # fmt: skip
+                     "run.preview_every", "run.compile", "run.gradient_checkpointing", "data.decode_threads",
+                     "data.cache_mb")  # fmt: skip
 
 
 def get_value(recipe: Any, key: str) -> Any:
