@@ -237,7 +237,7 @@ def test_no_flip_turns_flips_off(videos, tmp_path):
     assert "flip = false" in (tmp_path / "r" / "config.toml").read_text()
 
 
-def test_frame_cache_cuts_the_windows_decoding_cuts(videos, tmp_path):
+def test_frame_cache_cuts_the_windows_decoding_cuts(videos, tmp_path, caplog):
     """Cached videos give bit-equal clips to decoding each sample anew (short and long videos, a resize to the
     decode size, a rotated file, variable gops); a video past the budget is decoded per sample, not cached."""
     write_video(tmp_path / "rotated.mp4", 30, size=(64, 48), rotation=90)
@@ -250,6 +250,7 @@ def test_frame_cache_cuts_the_windows_decoding_cuts(videos, tmp_path):
     spec = ClipSpec(frames=4, stride=3, size=32, short_side=40, num_sample=2, cache_bytes=0)
     long_bytes = 400 * 50 * 40 * 3  # decoded at short side 40: 50x40; the others take less than half of it
     cache = FrameCache(budget=long_bytes - 1)  # everything but the long video
+    caplog.set_level("WARNING", logger="vmae_cli.training.data")
     for epoch in range(3):
         for i, path in enumerate(paths):
             plain = augmented_clips(path, spec, np.random.default_rng([epoch, i]))
@@ -257,6 +258,8 @@ def test_frame_cache_cuts_the_windows_decoding_cuts(videos, tmp_path):
             assert plain.shape == (2, 4, 3, 32, 32) and torch.equal(plain, cached), path
     assert str(tmp_path / "long.mp4") not in cache.videos and len(cache.videos) == len(paths) - 1
     assert cache.used == sum(v.nbytes for v in cache.videos.values()) <= cache.budget
+    full = [r.getMessage() for r in caplog.records if "frame cache is full" in r.getMessage()]
+    assert len(full) == 1 and "long.mp4" in full[0] and "data.cache_mb" in full[0], full  # once
     broken = augmented_clips(str(videos / "broken.mp4"), spec, np.random.default_rng(0), cache)
     assert broken["failed"][0] == str(videos / "broken.mp4")  # an unreadable file fails as without a cache
 

@@ -14,6 +14,7 @@ FLAGS: dict[str, str] = {
     "source": "--from",  # convert's source layout (`from` is a Python keyword)
     "mask.ratio": "--set mask.ratio",  # a recipe key: set with --set KEY=VALUE
     "optim.clip_grad": "--set optim.clip_grad",
+    "data.cache_mb": "--set data.cache_mb",
 }
 
 # 2: the run cannot start (a value refused, a model that cannot be loaded or built: a script tells a typo in

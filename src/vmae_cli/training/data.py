@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError, option
+from ..errors import UsageError, option, spell
 from ..models.config import VideoMAEConfig
 from ..models.masking import decoder_mask, tube_mask
 from ..models.targets import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # the pre-training targets un-normalise
@@ -263,7 +263,7 @@ class FrameCache:
     """
 
     def __init__(self, budget: int):
-        self.budget, self.used, self.videos = budget, 0, {}
+        self.budget, self.used, self.videos, self.full = budget, 0, {}, False
 
     def window(self, path: str, spec, rng: np.random.Generator) -> np.ndarray:
         """uint8 (T, H, W, 3): the random window of `spec` (frames, stride) from `path`, at the decode size."""
@@ -276,6 +276,14 @@ class FrameCache:
                 size = _decode_size(reader.width, reader.height, spec.short_side)
                 width, height = size or (reader.width, reader.height)
                 if self.used + count * width * height * 3 > self.budget:
+                    if self.budget and not self.full:  # once per process: the run is slower than it could be
+                        self.full = True
+                        log.warning(
+                            "%s: the frame cache is full (%d MB hold %d video(s)); videos past it are decoded each "
+                            "time they are drawn: raise %s to keep them all, or decode in workers (%s)",
+                            path, self.budget >> 20, len(self.videos), spell(option("data.cache_mb")),
+                            spell(option("workers")),
+                        )  # fmt: skip
                     return reader.get_frames(
                         random_window_indices(rng, count, spec.frames, spec.stride), size=size
                     )
