@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The miniature of the paper's claim, and the bundled demo models (models/motion-pretrained, models/motion).
 #
-#   bash scripts/train_demo.sh [WORK]        # WORK defaults to .cache/motion; about 40 minutes on 2 CPU cores
+#   bash scripts/train_demo.sh [WORK]        # WORK defaults to .cache/motion; about 35 minutes on 2 CPU cores
 #
 # 1. a synthetic data set whose 8 classes differ only by motion (scripts/make_synthetic.py);
 # 2. self-supervised pre-training of the `mini` preset (0.5 M parameters) on 2400 unlabelled clips;
