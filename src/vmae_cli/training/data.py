@@ -275,8 +275,8 @@ class FrameCache:
                 count = reader.count_frames()
                 size = _decode_size(reader.width, reader.height, spec.short_side)
                 width, height = size or (reader.width, reader.height)
-                if self.used + count * width * height * 3 > self.budget:
-                    if self.budget and not self.full:  # once per process: the run is slower than it could be
+                if count == 0 or self.used + count * width * height * 3 > self.budget:
+                    if count and self.budget and not self.full:  # once per process: slower than it could be
                         self.full = True
                         log.warning(
                             "%s: the frame cache is full (%d MB hold %d video(s)); videos past it are decoded each "
