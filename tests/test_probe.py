@@ -139,3 +139,16 @@ def test_probe_table_and_errors(colour_set, tmp_path, capsys):
     (tmp_path / "other.paths.txt").write_text("x.mp4\n")
     code, _, err = vmae_in_process(capsys, "probe", colour_set / "data", "--features", tmp_path / "other.npy")
     assert code == 2 and "cannot read the features" in err and len(err.strip().splitlines()) == 1
+
+
+def test_probe_features_of_inputs_that_all_failed_keep_the_models_width(tmp_path, capsys):
+    """As `vmae embed`: a features file without rows is (0, hidden size), not (0, 0)."""
+    model = tiny_pretraining(tmp_path / "enc")
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        (tmp_path / "data" / label / "1.mp4").write_text("not a video")
+    code, _, err = vmae_in_process(capsys, "probe", tmp_path / "data", "-m", model, "--features",
+                                   tmp_path / "f.npy", "-q", "--device", "cpu")  # fmt: skip
+    assert code == 2 and "at least two training videos" in err
+    hidden = json.loads((Path(model) / "config.json").read_text())["hidden_size"]
+    assert np.load(tmp_path / "f.npy").shape == (0, hidden)

@@ -102,11 +102,11 @@ def probe(
     else:
         if model is None:
             raise UsageError("give --model (the encoder to probe), or --features with a `vmae embed` output")
-        from ..inference.tasks import RunOptions, load_model
+        from ..inference.tasks import RunOptions, embedding_width, load_model
         from ..inference.writers import EmbeddingWriter
 
         opts = RunOptions(batch_size, device, dtype, workers, threads, None, stride, None, clips, crops)
-        _, engine = load_model(model, revision, pool, opts)
+        net, engine = load_model(model, revision, pool, opts)
         writer = None
         if features is not None:
             settings = dict(model=model, revision=revision, pool=pool, dtype=dtype, frames=None, stride=stride,
@@ -115,7 +115,7 @@ def probe(
         with progress(len(paths), quiet, "embed") as advance:
             vectors, failed = embed_paths(engine, paths, writer, advance)
         if writer is not None:
-            writer.close(paths)
+            writer.close(paths, embedding_width(net.config, pool))  # (0, width) when every input failed
         source = model
 
     def arrays(labelled):

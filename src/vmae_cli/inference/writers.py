@@ -381,7 +381,7 @@ class EmbeddingWriter:
         self.index[path] = entry
         self.rows += 1
 
-    def close(self, order: list[str], width: int = 0) -> tuple[int, int]:
+    def close(self, order: list[str], width: int) -> tuple[int, int]:
         """Write the outputs with rows in `order`; returns (rows written, failed inputs). `width`: the length of
         one vector, for the shape of an output without rows ((0, width), so that it stacks with other shards)."""
         import shutil
