@@ -270,27 +270,27 @@ class FrameCache:
         from ..video.reader import VideoReader
 
         whole = self.videos.get(path)
-        if whole is None:
-            with VideoReader(path, threads=spec.decode_threads) as reader:
-                count = reader.count_frames()
-                size = _decode_size(reader.width, reader.height, spec.short_side)
-                width, height = size or (reader.width, reader.height)
-                if count == 0 or self.used + count * width * height * 3 > self.budget:
-                    if count and self.budget and not self.full:  # once per process: slower than it could be
-                        self.full = True
-                        log.warning(
-                            "%s: the frame cache is full (%d MB hold %d video(s)); videos past it are decoded each "
-                            "time they are drawn: raise %s to keep them all, or decode in workers (%s)",
-                            path, self.budget >> 20, len(self.videos), spell(option("data.cache_mb")),
-                            spell(option("workers")),
-                        )  # fmt: skip
-                    return reader.get_frames(
-                        random_window_indices(rng, count, spec.frames, spec.stride), size=size
-                    )
-                whole = reader.get_frames(np.arange(count), size=size)
-            self.videos[path] = whole
-            self.used += whole.nbytes
-        return whole[random_window_indices(rng, len(whole), spec.frames, spec.stride)]
+        if whole is not None:
+            return whole[random_window_indices(rng, len(whole), spec.frames, spec.stride)]
+        with VideoReader(path, threads=spec.decode_threads) as reader:
+            count = reader.count_frames()
+            idx = random_window_indices(rng, count, spec.frames, spec.stride)
+            size = _decode_size(reader.width, reader.height, spec.short_side)
+            width, height = size or (reader.width, reader.height)
+            if count == 0 or self.used + count * width * height * 3 > self.budget:
+                if count and self.budget and not self.full:  # once per process: slower than it could be
+                    self.full = True
+                    log.warning(
+                        "%s: the frame cache is full (%d MB hold %d video(s)); videos past it are decoded each "
+                        "time they are drawn: raise %s to keep them all, or decode in workers (%s)",
+                        path, self.budget >> 20, len(self.videos), spell(option("data.cache_mb")),
+                        spell(option("workers")),
+                    )  # fmt: skip
+                return reader.get_frames(idx, size=size)
+            whole = reader.get_frames(np.arange(count), size=size)
+        self.videos[path] = whole
+        self.used += whole.nbytes
+        return whole[idx]
 
 
 def augmented_clips(
