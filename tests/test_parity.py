@@ -187,3 +187,15 @@ def test_checkpoints_with_another_activation_move_both_ways(tmp_path, act):
     )
     assert not info["missing_keys"] and not info["unexpected_keys"] and back.config.hidden_act == act
     _compare(ours, back.eval(), "pretraining", x, mask)
+
+
+@pytest.mark.parametrize("shape", [(1568, 768), (1568, 384), (8, 6), (5, 3)])
+def test_position_table_is_transformers_bit_for_bit_and_a_new_tensor_each_call(shape):
+    from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding_table
+
+    from vmae_cli.models.layers import sinusoid_table
+
+    first = sinusoid_table(*shape)
+    assert torch.equal(first, get_sinusoid_encoding_table(*shape)[0])
+    first.zero_()  # a model's buffer is its own: changing it leaves the next model's table as it was
+    assert torch.equal(sinusoid_table(*shape), get_sinusoid_encoding_table(*shape)[0])

@@ -9,6 +9,7 @@ eps of each LayerNorm, the position table computed in float64), so logits agree 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -23,13 +24,23 @@ from .targets import patchify
 
 
 def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
-    """Fixed sin/cos position table (n_position, dim), float32, computed in float64 like the original."""
+    """Fixed sin/cos position table (n_position, dim), float32, computed in float64 like the original.
+
+    A new tensor each call, copied from a table computed once per shape: loading a model builds it twice (the
+    module, then its buffers after the meta device), and ViT-B's (1568, 768) takes 15-30 ms to compute."""
+    return torch.from_numpy(_sinusoid(n_position, dim).copy())
+
+
+@functools.lru_cache(maxsize=8)
+def _sinusoid(n_position: int, dim: int) -> np.ndarray:
     pos = np.arange(n_position, dtype=np.float64)[:, None]
     j = np.arange(dim)
     angle = pos / np.power(10000, 2 * (j // 2) / dim)  # (n, dim)
     angle[:, 0::2] = np.sin(angle[:, 0::2])
     angle[:, 1::2] = np.cos(angle[:, 1::2])
-    return torch.from_numpy(angle.astype(np.float32))
+    table = angle.astype(np.float32)
+    table.flags.writeable = False
+    return table
 
 
 class DropPath(nn.Module):
