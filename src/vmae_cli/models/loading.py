@@ -17,6 +17,7 @@ from ..files import atomic_path, atomic_write_text
 from ..hub import PREPROCESSOR_NAME, SAFE_WEIGHTS, ResolvedModel, resolve
 from ..jsonfile import dumps, read_object
 from ..runtime import as_dtype
+from . import prepared
 from .config import VideoMAEConfig, warn_about_label_gaps
 from .weights import cast_weights, check_config_fits_weights, load_weights, read_tensor_infos
 
@@ -182,6 +183,7 @@ class PretrainedMixin:
         )  # fmt: skip
         if state is None:
             state = load_weights(found.weights)
+            state.update(prepared.take(found.weights, dtype, state))  # bf16, converted while torch imported
         if cls.has_classifier and config.id2label is None:
             # A config.json without labels or architectures (transformers then builds two outputs): a
             # classifier in the file says how many, named as transformers names them.
