@@ -211,3 +211,95 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(classifier, clip):
     reader.stdin.close()
     reader.wait()
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+# ---- in a child process (Linux, before torch is loaded: inference/forked.py) -----------------------------
+needs_fork = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="the child process is Linux only")
+
+
+def _send_arrays(out):
+    out.send("a", {"note": 1}, {"x": np.arange(10, dtype=np.float32), 3: np.zeros((0, 2), np.uint8)})
+    out.send("b", None, {"y": np.full((5000, 3), 7, np.int16)})  # past one page
+
+
+@needs_fork
+def test_a_child_hands_back_arrays_in_order_and_ends_quietly():
+    from vmae_cli.inference import forked
+
+    child = forked.Child.start(_send_arrays)
+    payload, arrays = child.receive("b")  # asked out of order: "a" is kept until asked for
+    assert payload is None and np.array_equal(arrays["y"], np.full((5000, 3), 7, np.int16))
+    arrays["y"][0, 0] = 1  # the parent's copy is its own to change
+    payload, arrays = child.receive("a")
+    assert payload == {"note": 1} and np.array_equal(arrays["x"], np.arange(10, dtype=np.float32))
+    assert arrays[3].shape == (0, 2)
+    assert child.receive("c") is None  # the child ended without it
+    child.close()
+
+    def fails(out):
+        raise RuntimeError("never seen")
+
+    child = forked.Child.start(fails)
+    assert child.receive("a") is None
+    child.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)  # ended and reaped
+
+
+@needs_fork
+def test_closing_stops_a_child_that_still_works():
+    import time
+
+    from vmae_cli.inference import forked
+
+    child = forked.Child.start(lambda out: time.sleep(60))
+    start = time.monotonic()
+    child.close()
+    assert time.monotonic() - start < 5
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)  # gone and reaped
+
+
+@needs_fork
+def test_in_a_child_the_frames_and_weights_are_the_engines(classifier, clip, monkeypatch):
+    """Decoding ahead in a child (as `vmae classify` starts before torch is loaded): the engine takes the
+    frames, loading takes the bf16 weights, and what comes out is what comes without them."""
+    from vmae_cli.inference import forked
+    from vmae_cli.models import prepared
+
+    monkeypatch.setattr(forked, "available", lambda: True)
+    opts = RunOptions(dtype="bf16")
+    ahead = DecodedAhead.start(str(clip), str(classifier), None, opts)
+    assert ahead._child is not None and prepared._offer
+    taken = []
+    monkeypatch.setattr(prepared, "read_as_bf16", None)  # only the child reads: this process must not
+    take = prepared.take
+    monkeypatch.setattr(prepared, "take", lambda *a: taken.append(take(*a)) or taken[-1])
+    from vmae_cli.inference.tasks import load_model
+
+    _, engine = load_model(str(classifier), None, "classify", opts)
+    assert len(taken[0]) == len(engine.model.state_dict())  # every weight from the child
+    (with_ahead,) = engine.run([str(clip)], ahead=ahead)
+    ahead.close()
+    _, plain = load_model(str(classifier), None, "classify", opts)
+    (without,) = plain.run([str(clip)])
+    assert with_ahead.ok and np.array_equal(with_ahead.clips.indices, without.clips.indices)
+    assert torch_equal(with_ahead.outputs, without.outputs)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(torch.as_tensor(a), torch.as_tensor(b)))
+
+
+@needs_fork
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_the_console_command_gives_the_same_record_with_the_child_as_without(classifier, clip, dtype):
+    """`vmae classify clip.mp4` in a fresh process decodes (and converts) in a child; two inputs do not."""
+    one = run_vmae("classify", str(clip), "--model", str(classifier), "--json", "--dtype", dtype)
+    two = run_vmae("classify", str(clip), str(clip), "--model", str(classifier), "--json", "--dtype", dtype,
+                   "--workers", "1")  # fmt: skip
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert one.stderr == ""
+    assert json.loads(one.stdout)[0] == json.loads(two.stdout)[0]

@@ -191,21 +191,25 @@ def _resolve_hub(repo_id: str, revision: str | None, weights: bool) -> ResolvedM
     return ResolvedModel(repo_id, config.parent, config, files, pre)
 
 
-def cached(ref: str, revision: str | None = None) -> tuple[Path, Path | None] | None:
-    """(config.json, preprocessor_config.json or None) of a model folder, or of a Hub model in the local
-    cache, without reaching the Hub; None if they are not on this machine."""
+def cached(ref: str, revision: str | None = None) -> ResolvedModel | None:
+    """A model's files on this machine, without reaching the Hub: a local folder (or weight file), or a Hub
+    model's files in the local cache (`weights`: its model.safetensors if that is cached, else none); None if
+    its config is not here."""
     if Path(ref).expanduser().exists():
-        found = resolve(ref, revision, weights=False)
-        return found.config_path, found.preprocessor_path
+        return resolve(ref, revision)
     if not is_hub_id(ref):
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    config = try_to_load_from_cache(ref, CONFIG_NAME, revision=revision)
-    if not isinstance(config, str):
+    def local(name: str) -> Path | None:
+        found = try_to_load_from_cache(ref, name, revision=revision)
+        return Path(found) if isinstance(found, str) else None
+
+    config = local(CONFIG_NAME)
+    if config is None:
         return None
-    pre = try_to_load_from_cache(ref, PREPROCESSOR_NAME, revision=revision)
-    return Path(config), Path(pre) if isinstance(pre, str) else None
+    weights = local(SAFE_WEIGHTS)
+    return ResolvedModel(ref, config.parent, config, [weights] if weights else [], local(PREPROCESSOR_NAME))
 
 
 def _offline() -> bool:

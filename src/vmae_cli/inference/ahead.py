@@ -1,11 +1,13 @@
-"""Decoding one video while torch imports and the model loads: the start-up of `vmae classify clip.mp4`.
+"""Decoding one video, and converting the weights, while torch imports: the start-up of `vmae classify clip.mp4`.
 
 Classifying one video on a CPU is mostly start-up: importing torch (about 1.4 s), reading the weights,
 decoding the frames of its views (0.3-0.6 s for a 10 s 1080p H.264 clip) and one forward. Decoding needs no
 torch, so the CLI starts it in a thread before it imports torch (`DecodedAhead.start`): the thread works out
 the sampling from the model's config files (as `load_model` will), opens the video and decodes those frames at
 full size. The engine takes the open reader when it comes to that input (`take`) if the path, the sampling and
-the reader's settings are those it would use itself, and decodes as usual otherwise.
+the reader's settings are those it would use itself, and decodes as usual otherwise. Where the model will run in
+bf16, the thread first reads its safetensors weights into bf16 (models/prepared.py), which loading the model
+then takes instead of converting them itself.
 
 PyAV releases the GIL while it decodes and converts, so the thread runs on another core; while it runs, the
 interpreter's switch interval is shortened so that it gets the GIL back quickly between frames from a main
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -29,8 +32,10 @@ import numpy as np
 
 from ..hub import cached
 from ..jsonfile import read_object
+from ..models import prepared
 from ..video.reader import VideoReader
 from ..video.sampling import SamplingSpec
+from . import forked
 from .options import RunOptions, sampling_spec
 
 log = logging.getLogger(__name__)
@@ -62,23 +67,33 @@ class DecodedAhead:
         self._thread = threading.Thread(target=self._work, name=f"vmae-decode-ahead-{id(self)}", daemon=True)
         self._records = _ThreadRecords(self._thread.name)
         self._switch = sys.getswitchinterval()
+        self._child: forked.Child | None = None
 
     @classmethod
     def start(cls, path: str, model: str, revision: str | None, opts: RunOptions) -> DecodedAhead | None:
-        """Begin decoding `path` for `model`'s sampling; None if it is not a regular file."""
+        """Begin decoding `path` for `model`'s sampling (in a child process where `forked.available()`, and
+        converting the weights there too; in a thread otherwise); None if it is not a regular file."""
         if not Path(path).is_file():
             return None
         ahead = cls(path, model, revision, opts)
+        if forked.available():
+            ahead._child = forked.Child.start(ahead._in_child)
+            if ahead._child is not None:
+                prepared.offer(ahead._weights_from_child)
+                return ahead
         ahead._records.install()
         sys.setswitchinterval(min(ahead._switch, SWITCH_INTERVAL))
         ahead._thread.start()
         return ahead
 
     def take(self, path: str, spec: SamplingSpec, reader_kwargs: dict) -> VideoReader | None:
-        """The open reader holding the frames of `path` for `spec`, once the thread is done; None if it decoded
+        """The open reader holding the frames of `path` for `spec`, once they are decoded; None if it decoded
         something else (another path, sampling or reader setting) or could not decode (the engine then
         decodes, and reports any error, as for any input)."""
-        self._thread.join()
+        if self._child is not None:
+            self._reader = self._reader_from_child()
+        elif self._thread.ident is not None:
+            self._thread.join()
         reader, self._reader = self._reader, None
         if reader is not None and (path, spec, reader_kwargs) == (self.path, self.spec, self.reader_kwargs):
             self._records.give_out()
@@ -88,9 +103,13 @@ class DecodedAhead:
         return None
 
     def close(self) -> None:
-        """Stop the thread (at its next frame) and let go of what it decoded."""
+        """Stop the thread (at its next frame) or the child, and let go of what they decoded."""
+        if self._child is not None:
+            prepared.withdraw(self._weights_from_child)
+            self._child.close()
         self._cancel.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -99,7 +118,7 @@ class DecodedAhead:
     def _work(self) -> None:
         try:
             with self._records.dropped():  # the main thread reads the config again and says what is wrong
-                self.spec = self._sampling()
+                self.spec, _ = self._sampling()
             if self.spec is not None and not self._cancel.is_set():
                 self._reader = self._decode(self.spec)
         except Exception as e:  # noqa: BLE001 - the engine decodes this input again and reports its errors
@@ -110,20 +129,66 @@ class DecodedAhead:
             self._records.uninstall()
             sys.setswitchinterval(self._switch)
 
-    def _sampling(self) -> SamplingSpec | None:
-        """What `load_model` will sample, from the model's config files on this machine (no download)."""
+    # -- the child process --
+    def _in_child(self, out: forked.Outbox) -> None:
+        """In the child: the weights first (loading the model needs them before the engine needs frames),
+        then the frames, decoded on all cores but the one importing torch."""
+        self._records.thread_name = threading.current_thread().name
+        self._records.install()
+        with self._records.dropped():
+            self.spec, weights = self._sampling()
+        keys = [prepared.identity(f) for f in weights]
+        if weights and None not in keys and runs_in_bf16(self.opts):
+            arrays: dict[str, np.ndarray] = {}
+            for file, key in zip(weights, keys, strict=True):
+                arrays.update(prepared.read_as_bf16(file, key))
+            out.send("weights", keys, arrays)
+        else:
+            out.send("weights")
+        reader = None
+        try:
+            if self.spec is not None:
+                threads = self.opts.threads or max(1, len(os.sched_getaffinity(0)) - 1)
+                reader = self._decode(self.spec, threads)
+        finally:  # the parent decodes again (and reports the errors) where no frames come
+            records = [_portable(r) for r in self._records.held]
+            if reader is None:
+                out.send("frames", (self.spec, None, None, records))
+            else:
+                out.send("frames", (self.spec, reader.frame_index(), reader.rotation, records), reader.held)
+
+    def _weights_from_child(self) -> tuple[list, dict[str, np.ndarray]] | None:
+        got = self._child.receive("weights") if self._child is not None else None
+        return None if got is None or got[0] is None else got
+
+    def _reader_from_child(self) -> _AheadReader | None:
+        got = self._child.receive("frames")
+        if got is None:
+            return None
+        (self.spec, index, rotation, records), held = got
+        self._records.held = [logging.makeLogRecord(r) for r in records]
+        if index is None:
+            return None
+        reader = _AheadReader(self.path, **self.reader_kwargs)  # opens the file; decodes nothing
+        reader._index, reader._rotation, reader.held = index, rotation, held
+        return reader
+
+    def _sampling(self) -> tuple[SamplingSpec | None, list[Path]]:
+        """What `load_model` will sample, from the model's config files on this machine (no download), and its
+        weight files there, if they are all safetensors."""
         from ..models.config import VideoMAEConfig
 
-        files = cached(self.model, self.revision)  # else the main thread downloads them; decoding waits
-        if files is None:
-            return None
-        config_path, preprocessor_path = files
-        config = VideoMAEConfig.from_json_file(config_path)
-        pre = read_object(preprocessor_path) if preprocessor_path else None
-        return sampling_spec(config, pre, self.opts)
+        found = cached(self.model, self.revision)  # else the main thread downloads them; decoding waits
+        if found is None:
+            return None, []
+        config = VideoMAEConfig.from_json_file(found.config_path)
+        pre = read_object(found.preprocessor_path) if found.preprocessor_path else None
+        weights = [f for f in found.weights if f.suffix == ".safetensors"]
+        return sampling_spec(config, pre, self.opts), weights if weights == found.weights else []
 
-    def _decode(self, spec: SamplingSpec) -> _AheadReader | None:
-        reader = _AheadReader(self.path, **self.reader_kwargs)
+    def _decode(self, spec: SamplingSpec, threads: int | None = None) -> _AheadReader | None:
+        kwargs = self.reader_kwargs if threads is None else {**self.reader_kwargs, "threads": threads}
+        reader = _AheadReader(self.path, **kwargs)
         try:
             wanted = np.unique(spec.indices(reader.count_frames()))
             if len(wanted) * reader.width * reader.height * 3 > self.budget:
@@ -140,6 +205,39 @@ class DecodedAhead:
         except BaseException:
             reader.close()
             raise
+
+
+def _portable(record: logging.LogRecord) -> dict:
+    """A log record as plain values (its message formatted), to re-create in another process."""
+    return {"name": record.name, "levelno": record.levelno, "levelname": record.levelname,
+            "pathname": record.pathname, "lineno": record.lineno, "funcName": record.funcName,
+            "msg": record.getMessage(), "args": None}  # fmt: skip
+
+
+def runs_in_bf16(opts: RunOptions) -> bool:
+    """Whether `load_model` will run a classifier in bf16 (runtime.resolve_dtype), guessed without torch: dtype
+    bf16; auto on CUDA; auto on a CPU with AVX-512 (torch's test for native bf16 asks for it), or wherever
+    VMAE_CPU_BF16=1. A wrong guess costs only the conversion: loading takes the tensors only in bf16."""
+    if opts.dtype in ("bf16", "bfloat16"):
+        return True
+    if opts.dtype != "auto":
+        return False
+    if opts.device.startswith("cuda"):
+        return True
+    forced = os.environ.get("VMAE_CPU_BF16", "")
+    if forced:
+        return forced == "1"
+    if not os.environ.get("ATEN_CPU_CAPABILITY", "avx512").lower().startswith("avx512"):
+        return False
+    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _cpu_flags()
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 class _AheadReader(VideoReader):
