@@ -303,3 +303,34 @@ def test_the_console_command_gives_the_same_record_with_the_child_as_without(cla
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     assert one.stderr == ""
     assert json.loads(one.stdout)[0] == json.loads(two.stdout)[0]
+
+
+CTRL_C_IN_TORCH_IMPORT = """
+import os, signal, sys
+class Spy:  # Ctrl-C while torch's own modules are being imported, as a user's may come
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch._meta_registrations":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, Spy())
+sys.argv = ["vmae", *sys.argv[1:]]
+from vmae_cli.cli.app import main
+main()
+"""
+
+
+def test_ctrl_c_while_torch_imports_ends_in_words_and_stops_the_child(classifier, clip):
+    """It waits for the import to end (raised inside it, it can abort the process from torch's C++ start-up),
+    then says what was kept, exit 130, and leaves no child process behind."""
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_IN_TORCH_IMPORT, "classify", str(clip), "--model", str(classifier), "--json"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == (
+        "error: interrupted after 0 of 1 input(s); nothing was kept on disk (results go to stdout): run with "
+        "--out FILE to be able to --resume"
+    )
+    assert result.stdout == ""
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert CTRL_C_IN_TORCH_IMPORT.splitlines()[1] not in ps  # no child of it still decoding

@@ -68,8 +68,8 @@ def show_run(
     exit code."""
     from .ui import progress
 
-    run.start()  # loads the model
     try:
+        run.start()  # loads the model
         with progress(len(run.paths) - len(run.done), quiet, label) as advance:
             for record in run:
                 if record["path"] in run.done:
