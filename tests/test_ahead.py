@@ -261,12 +261,21 @@ def test_closing_stops_a_child_that_still_works():
 
 
 @needs_fork
-def test_in_a_child_the_frames_and_weights_are_the_engines(classifier, clip, monkeypatch):
+@pytest.mark.parametrize("where", ["folder", "hub cache"])
+def test_in_a_child_the_frames_and_weights_are_the_engines(
+    classifier, clip, monkeypatch, where, isolated_hf_cache
+):
     """Decoding ahead in a child (as `vmae classify` starts before torch is loaded): the engine takes the
-    frames, loading takes the bf16 weights, and what comes out is what comes without them."""
+    frames, loading takes the bf16 weights, and what comes out is what comes without them; for a model folder
+    and for a Hub model in the local cache (what `vmae classify clip.mp4` runs by default)."""
     from vmae_cli.inference import forked
     from vmae_cli.models import prepared
 
+    from .test_checkpoint import _fake_hub_cache
+
+    if where == "hub cache":
+        _fake_hub_cache(isolated_hf_cache, "acme/videomae-tiny", classifier)
+        classifier = "acme/videomae-tiny"
     monkeypatch.setattr(forked, "available", lambda: True)
     opts = RunOptions(dtype="bf16")
     ahead = DecodedAhead.start(str(clip), str(classifier), None, opts)
