@@ -1,21 +1,22 @@
 """Decoding one video, and converting the weights, while torch imports: the start-up of `vmae classify clip.mp4`.
 
-Classifying one video on a CPU is mostly start-up: importing torch (about 1.4 s), reading the weights,
-decoding the frames of its views (0.3-0.6 s for a 10 s 1080p H.264 clip) and one forward. Decoding needs no
-torch, so the CLI starts it in a thread before it imports torch (`DecodedAhead.start`): the thread works out
-the sampling from the model's config files (as `load_model` will), opens the video and decodes those frames at
-full size. The engine takes the open reader when it comes to that input (`take`) if the path, the sampling and
-the reader's settings are those it would use itself, and decodes as usual otherwise. Where the model will run in
-bf16, the thread first reads its safetensors weights into bf16 (models/prepared.py), which loading the model
-then takes instead of converting them itself.
+Classifying one video on a CPU is mostly start-up: importing torch (about 1 s), reading the weights, decoding
+the frames of its views (0.2-0.6 s for a 10 s 1080p H.264 clip) and one forward. Decoding needs no torch, so the
+CLI starts it before it imports torch (`DecodedAhead.start`): the sampling is worked out from the model's config
+files (as `load_model` will), the video opened and those frames decoded at full size. The engine takes the open
+reader when it comes to that input (`take`) if the path, the sampling and the reader's settings are those it
+would use itself, and decodes as usual otherwise.
 
-PyAV releases the GIL while it decodes and converts, so the thread runs on another core; while it runs, the
-interpreter's switch interval is shortened so that it gets the GIL back quickly between frames from a main
-thread that is executing torch's import. Log records and warnings of the thread's decoding are held back and
-given out when the engine takes its frames (so that they come once, in order, and not for frames that are
-thrown away); those of its reading the config are dropped (the main thread reads it again and says them).
+On Linux, before torch is loaded, the work is done by a forked child process (inference/forked.py), which
+also reads the model's safetensors weights into bf16 where the model will run in bf16 (models/prepared.py;
+loading the model takes them instead of converting them itself): a thread would share the GIL with the import
+and slow it down. Elsewhere a thread decodes: PyAV releases the GIL while it decodes and converts, and while the
+thread runs, the interpreter's switch interval is shortened so that it gets the GIL back quickly between frames
+from a main thread that is executing torch's import.
 
-Nothing here imports torch.
+Log records and warnings of the decoding are held back and given out when the engine takes its frames (so that
+they come once, in order, and not for frames that are thrown away); those of reading the config are dropped (the
+main thread reads it again and says them). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -169,7 +170,10 @@ class DecodedAhead:
         self._records.held = [logging.makeLogRecord(r) for r in records]
         if index is None:
             return None
-        reader = _AheadReader(self.path, **self.reader_kwargs)  # opens the file; decodes nothing
+        try:
+            reader = _AheadReader(self.path, **self.reader_kwargs)  # opens the file; decodes nothing
+        except Exception:  # noqa: BLE001 - gone since? the engine opens it again and reports its errors
+            return None
         reader._index, reader._rotation, reader.held = index, rotation, held
         return reader
 

@@ -2,10 +2,11 @@
 
 A thread of the importing process shares its GIL: each time the thread takes the GIL between two calls into
 PyAV or numpy, the import stops. Measured on 2 cores (medians of 5), `import torch` took 1.01 s alone and 1.31 s
-beside a thread decoding a 1080p clip; in another run, 0.93 s alone and 0.97 s beside a forked child decoding the
-same clip and converting ViT-B's weights. So on Linux, where fork is cheap and safe before torch is loaded, the work is done by a child:
-its arrays go into one shared memory file (memfd), in page-aligned blocks, each announced on a pipe with what
-it holds; the parent maps them (copy-on-write: writable, nothing copied) and reads the announcements in order.
+beside a thread decoding a 1080p clip; in another run, 0.93 s alone and 0.97 s beside a forked child decoding
+the same clip and converting ViT-B's weights. So on Linux, where fork is cheap and safe before torch is loaded,
+the work is done by a child: its arrays go into one shared memory file (memfd), in page-aligned blocks, each
+announced on a pipe with what it holds; the parent maps them (copy-on-write: writable, nothing copied) and
+reads the announcements in order.
 
 The child inherits the parent's state (the parsed command line, loggers, open files) and ends with os._exit:
 it never flushes the parent's buffered output, runs its atexit handlers or prints a traceback. Ctrl-C is for

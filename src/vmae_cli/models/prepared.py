@@ -27,10 +27,8 @@ if TYPE_CHECKING:
 
 MAX_BYTES = 2 << 30  # float32 bytes worth converting ahead (ViT-L: 1.2 GB); larger models load as before
 MAX_HEADER = 100 << 20  # the format's own limit on the JSON header
+CHUNK = 1 << 20  # float32 values converted per numpy call: 4 MB, which stays in the cache between the steps
 _ITEMSIZE = {"F32": 4, "BF16": 2}
-
-
-CHUNK = 1 << 20  # float32 values converted per numpy call (4 MB: in the cache, and few calls)
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -43,7 +41,7 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
 
 def _round_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """bf16 bits of float32 `x` (1-D) into `out`, CHUNK values per numpy call, and where each chunk that holds
-    a NaN starts. Few, large calls: each one hands the GIL back and forth with a thread importing torch."""
+    a NaN starts (torch's rounding: add 0x7FFF plus the lowest kept bit, keep the upper 16 bits)."""
     nan_chunks = []
     u = x.view(np.uint32)
     r = np.empty(min(CHUNK, len(u)), np.uint32)
