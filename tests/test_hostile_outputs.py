@@ -363,6 +363,45 @@ def test_classify_resume_refuses_another_model_or_protocol(capsys, interrupted, 
     assert out.with_name(out.name + ".partial").read_text() == journal and not out.exists()
 
 
+def test_classify_resume_compares_what_dtype_auto_means_here(capsys, interrupted, many, k400, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    """A journal keeps the dtype --dtype auto resolved to (bf16 on a CPU with native bf16, fp32 on another):
+    resumed with auto on the other kind of CPU it is refused, not mixed; with that dtype named it resumes; a
+    journal written before, which says auto, resumes as it did."""
+    out = _copy_run(interrupted[2], tmp_path)
+    journal = out.with_name(out.name + ".partial")
+    head, *rest = journal.read_text().splitlines(keepends=True)
+    saved = json.loads(head)["settings"]["dtype"]
+    assert saved in ("bfloat16", "float32")
+    paths = sorted(str(p) for p in many.iterdir())[:10]
+    args = [
+        *paths,
+        "--model",
+        k400,
+        "--clips",
+        "5",
+        "--crops",
+        "3",
+        "--sampling",
+        "window",
+        "--out",
+        out,
+        "--resume",
+    ]
+    monkeypatch.setenv("VMAE_CPU_BF16", "0" if saved == "bfloat16" else "1")  # the other kind of CPU
+    code, _, err = vmae(capsys, "classify", *args)
+    other = "float32" if saved == "bfloat16" else "bfloat16"
+    assert code == 2 and f"dtype {saved!r} (now {other!r})" in err, err
+    code, _, err = vmae(capsys, "classify", *args, "--dtype", "bf16" if saved == "bfloat16" else "fp32")
+    assert code == 0, err
+    assert {r["provenance"]["dtype"] for r in strict_lines(out.read_text())} == {saved}  # one precision
+    out.unlink()
+    journal.write_text(json.dumps({"settings": {**json.loads(head)["settings"], "dtype": "auto"}}) + "\n"
+                       + "".join(rest))  # fmt: skip
+    code, _, err = vmae(capsys, "classify", *args)
+    assert code == 0, err
+
+
 # ---- training run folders: the same command resumes, a lock, a full disk ----------------------------------------
 TRAIN = ["--model-config", "tiny", "--config", "tiny", "--workers", "0", "--device", "cpu", "--dtype", "fp32"]
 

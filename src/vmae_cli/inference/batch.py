@@ -58,7 +58,8 @@ def gather_inputs(
 
 def run_settings(model: str, revision: str | None, opts: RunOptions, **extra) -> dict:
     """What a run's outputs depend on (model, sampling, precision...): kept in its journal, so that a resumed
-    run refuses to mix another model or other settings into one output."""
+    run refuses to mix another model or other settings into one output. `dtype` is the option as given until the
+    run, once torch is loaded, puts what it means on this machine in its place (`tasks.run_dtype`)."""
     local = Path(model).expanduser()
     return dict(model=str(local.resolve()) if local.exists() else model, revision=revision, dtype=opts.dtype,
                 frames=opts.frames, stride=opts.stride, sampling=opts.sampling, clips=opts.clips, crops=opts.crops,
@@ -179,8 +180,9 @@ class _Classify(BatchRun):
         ):
             from ..video.timeline import Timeline
             from .provenance import RunProvenance
-            from .tasks import checked_results, classification_record, load_model  # imports torch
+            from .tasks import checked_results, classification_record, load_model, run_dtype  # imports torch
 
+            self.settings["dtype"] = run_dtype("classify", self.opts)  # what auto is here
             if self.resume:
                 check_settings(journal_settings(out), self.settings, partial_path(out))
             done = finished_records(out) if self.resume else {}
@@ -222,7 +224,15 @@ class _Embed(BatchRun):
         files = RecordWriter.files(out) if fmt == "jsonl" else EmbeddingWriter.files(out)
         with claimed(out, files, self.paths, self.force):
             from .provenance import RunProvenance
-            from .tasks import checked_results, embedding, embedding_width, load_model  # imports torch
+            from .tasks import (
+                checked_results,
+                embedding,
+                embedding_width,
+                load_model,
+                run_dtype,
+            )  # imports torch
+
+            self.settings["dtype"] = run_dtype(self.pool, self.opts)  # what auto is here
 
             # What an earlier run finished, read before anything is opened for writing (a JSON Lines journal is
             # rewritten from the start), and the model loaded before a fresh journal appears (a model that

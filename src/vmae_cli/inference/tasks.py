@@ -42,6 +42,13 @@ def classify_pooling(config) -> str | None:
     return None if config.num_labels == 0 else classifier_pooling(config)
 
 
+def run_dtype(task: str, opts: RunOptions) -> str:
+    """The dtype `load_model` runs `task` in, as torch names it (bfloat16, float32, float16): what auto means on
+    this machine. A run's journal keeps it, so that a run resumed elsewhere does not mix two precisions."""
+    dtype = resolve_dtype(opts.dtype, resolve_device(opts.device), cpu_bf16=task == "classify")
+    return str(dtype).removeprefix("torch.")
+
+
 def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     """A model ready for inference: (model, head function, engine). task: 'classify' or an embed pooling."""
     from ..hub import resolve
