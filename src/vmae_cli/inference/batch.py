@@ -224,13 +224,7 @@ class _Embed(BatchRun):
         files = RecordWriter.files(out) if fmt == "jsonl" else EmbeddingWriter.files(out)
         with claimed(out, files, self.paths, self.force):
             from .provenance import RunProvenance
-            from .tasks import (
-                checked_results,
-                embedding,
-                embedding_width,
-                load_model,
-                run_dtype,
-            )  # imports torch
+            from .tasks import checked_results, embedding, embedding_width, load_model, run_dtype  # torch
 
             self.settings["dtype"] = run_dtype(self.pool, self.opts)  # what auto is here
 

@@ -79,9 +79,8 @@ def check_settings(saved: dict | None, settings: dict, journal: Path) -> None:
     so that one output never mixes two kinds of record or vector. A journal without settings passes."""
     if saved is None:
         return
-    if (
-        saved.get("dtype") == "auto"
-    ):  # a journal from before the dtype was kept as auto resolved: as it was then
+    # a journal from before the dtype was kept as what auto resolved to: compared without it, as it was then
+    if saved.get("dtype") == "auto":
         saved = {**saved, "dtype": settings.get("dtype")}
     changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
     if changed:
