@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.util
 import logging
 import os
 import re
@@ -97,10 +98,9 @@ class _InterruptAfterTorch:
         if name != "torch":
             return None
         sys.meta_path.remove(self)
-        spec = next(  # as the import system finds it, from the finders after this one
-            (found for finder in sys.meta_path if (found := _find(finder, name, path, target)) is not None),
-            None,
-        )
+        spec = importlib.util.find_spec(
+            name
+        )  # as the import system finds it, from the finders after this one
         if spec is None or spec.loader is None or threading.current_thread() is not threading.main_thread():
             return spec
         load = spec.loader.exec_module
@@ -117,11 +117,6 @@ class _InterruptAfterTorch:
 
         spec.loader.exec_module = exec_module
         return spec
-
-
-def _find(finder, name, path, target):
-    find_spec = getattr(finder, "find_spec", None)
-    return find_spec(name, path, target) if find_spec is not None else None
 
 
 def _end_process(code: int) -> NoReturn:

@@ -42,11 +42,16 @@ def classify_pooling(config) -> str | None:
     return None if config.num_labels == 0 else classifier_pooling(config)
 
 
+def task_dtype(task: str, opts: RunOptions, device: torch.device) -> torch.dtype:
+    """The dtype `load_model` runs `task` in on `device`: what auto means there (bf16 on a CPU only to classify:
+    embeddings stay fp32 on a CPU, so that every CPU gives the same vectors)."""
+    return resolve_dtype(opts.dtype, device, cpu_bf16=task == "classify")
+
+
 def run_dtype(task: str, opts: RunOptions) -> str:
-    """The dtype `load_model` runs `task` in, as torch names it (bfloat16, float32, float16): what auto means on
-    this machine. A run's journal keeps it, so that a run resumed elsewhere does not mix two precisions."""
-    dtype = resolve_dtype(opts.dtype, resolve_device(opts.device), cpu_bf16=task == "classify")
-    return str(dtype).removeprefix("torch.")
+    """`task_dtype` as torch names it (bfloat16, float32, float16). A run's journal keeps it, so that a run
+    resumed elsewhere does not mix two precisions."""
+    return str(task_dtype(task, opts, resolve_device(opts.device))).removeprefix("torch.")
 
 
 def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
@@ -57,7 +62,7 @@ def load_model(ref: str, revision: str | None, task: str, opts: RunOptions):
     from ..models.modeling import VideoMAEForVideoClassification, VideoMAEModel
 
     device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device, cpu_bf16=task == "classify")  # embeddings stay fp32 on a CPU
+    dtype = task_dtype(task, opts, device)
     config = VideoMAEConfig.from_json_file(resolve(ref, revision, weights=False).config_path)
     if opts.threads:
         torch.set_num_threads(opts.threads)

@@ -39,10 +39,9 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def _round_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """bf16 bits of float32 `x` (1-D) into `out`, CHUNK values per numpy call, and where each chunk that holds
-    a NaN starts (torch's rounding: add 0x7FFF plus the lowest kept bit, keep the upper 16 bits)."""
-    nan_chunks = []
+def _round_into(x: np.ndarray, out: np.ndarray) -> None:
+    """bf16 bits of float32 `x` (1-D) into `out`, CHUNK values per numpy call (torch's rounding: add 0x7FFF plus
+    the lowest kept bit, keep the upper 16 bits)."""
     u = x.view(np.uint32)
     r = np.empty(min(CHUNK, len(u)), np.uint32)
     for i in range(0, len(u), CHUNK):
@@ -53,9 +52,6 @@ def _round_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
         t += part
         t >>= 16
         np.copyto(out[i : i + len(t)], t, casting="unsafe")
-        if np.isnan(x[i : i + CHUNK]).any():
-            nan_chunks.append(i)
-    return np.asarray(nan_chunks, np.int64)
 
 
 def read_as_bf16(file: Path, identity: tuple[int, int, int, int] | None = None) -> dict[str, np.ndarray]:
@@ -81,13 +77,12 @@ def read_as_bf16(file: Path, identity: tuple[int, int, int, int] | None = None) 
     for lo, hi in _f32_runs(entries):  # runs of consecutive F32 tensors: the whole data in an fp32 file
         x = np.frombuffer(mm, np.float32, (hi - lo) // 4, start + lo)
         bits = np.empty(x.size, np.int16)
-        nan_chunks = _round_into(x, bits)
+        _round_into(x, bits)
         for name, (dtype, shape, begin, end) in entries.items():
             if dtype != "F32" or not lo <= begin < end <= hi:  # another run's, or empty
                 continue
             a, b = (begin - lo) // 4, (end - lo) // 4
-            near_nan = len(nan_chunks) and ((nan_chunks < b) & (nan_chunks + CHUNK > a)).any()
-            if not (near_nan and np.isnan(x[a:b]).any()):
+            if not np.isnan(x[a:b]).any():
                 out[name] = bits[a:b].reshape(shape)
     return out
 
